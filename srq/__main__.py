@@ -1,0 +1,3 @@
+from srq.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""Lightning module that evaluates an SR model on test sets with srq's metrics."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import lightning as L
+import torch
+from torch import nn
+
+from srq.data.images import to_uint8
+from srq.metrics.sr import sr_image_metrics, summarize
+from srq.models.tiling import tiled_forward
+
+METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb")
+
+
+class SREvaluation(L.LightningModule):
+    """Test-only module: ``trainer.test(module, datamodule)`` fills ``records`` and ``summary``.
+
+    Batches are ``(names, lr uint8, hr uint8)`` with batch size 1; dataloader i is set
+    ``set_names[i]``. ``tile``: LR tile size for tiled inference (None: whole image).
+    """
+
+    def __init__(self, model: nn.Module, scale: int, set_names: list[str], tile: int | None = None,
+                 tile_overlap: int = 16, log_images: int = 0, image_crop: int = 128,
+                 limit_images: int | None = None, prefix: str = ""):
+        super().__init__()
+        self.model = model
+        self.scale = scale
+        self.set_names = list(set_names)
+        self.tile, self.tile_overlap = tile, tile_overlap
+        self.log_images, self.image_crop = log_images, image_crop
+        self.limit_images = limit_images
+        self.prefix = prefix
+        self.records: list[dict] = []
+        self.summary: dict[str, dict] = {}
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        if self.tile:
+            return tiled_forward(self.model, lr, self.scale, self.tile, self.tile_overlap)
+        return self.model(lr)
+
+    def on_test_epoch_start(self) -> None:
+        self.model.eval()
+        self.records = []
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        name, lr, hr = batch
+        if self.limit_images is not None and batch_idx >= self.limit_images:
+            return
+        sr = self(lr.float() / 255.0)
+        values = sr_image_metrics(sr, hr, self.scale)
+        set_name = self.set_names[dataloader_idx]
+        self.records.append({"set": set_name, "image": name,
+                             **{k: float(values[k][0]) for k in METRIC_KEYS}})
+        if batch_idx < self.log_images:
+            self._log_crop(set_name, name, sr, hr)
+
+    def on_test_epoch_end(self) -> None:
+        per_set: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for rec in self.records:
+            for key in METRIC_KEYS:
+                per_set[rec["set"]][key].append(rec[key])
+        self.summary = {s: summarize(per_set[s]) for s in self.set_names if s in per_set}
+        for set_name, summary in self.summary.items():
+            for key in METRIC_KEYS:
+                self.log(f"{self.prefix}{set_name}/{key}", summary[key], add_dataloader_idx=False)
+
+    def _log_crop(self, set_name: str, name: str, sr: torch.Tensor, hr: torch.Tensor) -> None:
+        logger = self.logger
+        if logger is None or not hasattr(logger, "log_image"):
+            return
+        c = self.image_crop
+        h, w = hr.shape[-2:]
+        y0, x0 = max(0, (h - c) // 2), max(0, (w - c) // 2)
+        crop_sr = to_uint8(sr[0, :, y0:y0 + c, x0:x0 + c]).permute(1, 2, 0).cpu().numpy()
+        crop_hr = hr[0, :, y0:y0 + c, x0:x0 + c].permute(1, 2, 0).cpu().numpy()
+        logger.log_image(key=f"{self.prefix}{set_name}/{name}", images=[crop_sr, crop_hr],
+                         caption=["SR", "HR"])

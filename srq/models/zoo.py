@@ -1,0 +1,193 @@
+"""The model zoo: one registry of SR models, their conventions and checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from srq.data import store
+from srq.errors import SrqError
+from srq.models.wrapper import SRNet
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a model's pretrained weights come from.
+
+    ``store``: a path in srq's data manifest (mirror/cache/download, sha256-checked).
+    ``url``: an official public URL for files outside the manifest, with ``sha256`` when
+    known, else ``hash_prefix`` (BasicSR-style file names carry sha256[:8]); ``mirror``
+    is the path looked up under ``SRQ_DATA_DIR`` for it.
+    ``container``: key holding the state_dict (``params``, ``params_ema``), tried first.
+    ``key_map``: (state_dict) → state_dict for official layouts that differ from the arch.
+    """
+
+    store: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    hash_prefix: str | None = None
+    mirror: str | None = None
+    container: str | None = None
+    strip_prefix: str = "module."
+    key_map: Callable[[dict], dict] | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One named model: ``<arch>_x<scale>``, its builder and conventions.
+
+    ``builder``: ``"module:Class"`` (imported lazily) called with ``scale`` and ``kwargs``.
+    ``input_range``: 1 or 255 (what the net expects for white). ``color``: see SRNet.
+    ``reference_psnr``: FP Y-PSNR measured with srq's protocol, {set: dB}, for tests/docs.
+    ``published_psnr``: the paper's numbers, {set: dB}.
+    """
+
+    name: str
+    arch: str
+    scale: int
+    builder: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_range: float = 1.0
+    color: str = "rgb"
+    pad_multiple: int = 1
+    checkpoint: Checkpoint | None = None
+    reference_psnr: dict[str, float] = field(default_factory=dict)
+    published_psnr: dict[str, float] = field(default_factory=dict)
+
+    def build_net(self) -> nn.Module:
+        module_name, cls_name = self.builder.split(":")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        return cls(scale=self.scale, **self.kwargs)
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in MODELS:
+        raise ValueError(f"model {spec.name} registered twice")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def model_names() -> list[str]:
+    _load_catalog()
+    return sorted(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_catalog()
+    if name not in MODELS:
+        raise SrqError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+@functools.lru_cache(maxsize=1)
+def _load_catalog() -> None:
+    importlib.import_module("srq.models.catalog")
+
+
+def checkpoint_path(spec: ModelSpec) -> Path:
+    """Local, verified path of ``spec``'s checkpoint (mirror, cache or download)."""
+    ckpt = spec.checkpoint
+    if ckpt is None:
+        raise SrqError(f"model {spec.name} has no pretrained checkpoint; pass model.checkpoint=<path>")
+    if ckpt.store is not None:
+        return store.fetch(ckpt.store)
+    filename = ckpt.url.rsplit("/", 1)[-1]
+    mirror = store.mirror_dir()
+    if mirror is not None and ckpt.mirror and (mirror / ckpt.mirror).is_file():
+        path = mirror / ckpt.mirror
+    else:
+        path = store.cache_dir() / "weights" / spec.arch / filename
+        if not path.is_file():
+            accepted = (ckpt.sha256,) if ckpt.sha256 else None
+            store.download(ckpt.url, path, accepted, f"{spec.name} checkpoint")
+    if ckpt.sha256:
+        return store.verify(path, (ckpt.sha256,), f"{spec.name} checkpoint")
+    if ckpt.hash_prefix and not store.sha256_of(path).startswith(ckpt.hash_prefix):
+        raise SrqError(
+            f"sha256 of {path} does not start with {ckpt.hash_prefix} (the prefix in the official "
+            "file name): the file is corrupt or not the official one; delete it to download again"
+        )
+    return path
+
+
+def read_state_dict(path: str | Path, ckpt: Checkpoint | None = None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file as a flat state_dict: unwrap containers, strip prefixes, remap."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise SrqError(f"checkpoint {path} does not exist; pass an existing file") from exc
+    except Exception as exc:  # unpickling errors come in many types
+        raise SrqError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "pass a torch state_dict file (.pth)"
+        ) from exc
+    containers = [ckpt.container] if ckpt and ckpt.container else []
+    containers += ["params_ema", "params", "state_dict", "model"]
+    if isinstance(obj, dict):
+        for key in containers:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SrqError(f"checkpoint {path} holds no state_dict of tensors; pass a state_dict file")
+    prefix = ckpt.strip_prefix if ckpt else "module."
+    if prefix and all(k.startswith(prefix) for k in obj):
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
+    if ckpt and ckpt.key_map:
+        obj = ckpt.key_map(obj)
+    return obj
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
+    """``load_state_dict(strict=True)`` with one clear error listing what does not fit."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def head(items):
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {head(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {head(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch (checkpoint vs model): {head(shapes)}")
+        raise SrqError(
+            f"checkpoint {source} does not fit model {name} ({'; '.join(parts)}); is it for another "
+            "scale or architecture? pick the matching model=<arch>_x<scale>"
+        )
+    net.load_state_dict(state, strict=True)
+
+
+def build_model(name: str, pretrained: bool = True, checkpoint: str | None = None) -> SRNet:
+    """An SRNet (RGB [0,1] in and out) for registry model ``name``, in eval mode.
+
+    ``checkpoint``: a local file instead of the registry's; ``pretrained=False``: random init.
+    """
+    spec = get_spec(name)
+    net = spec.build_net()
+    if checkpoint is not None:
+        path = Path(os.path.expanduser(checkpoint))
+        load_weights(net, read_state_dict(path, spec.checkpoint), name, str(path))
+    elif pretrained:
+        path = checkpoint_path(spec)
+        load_weights(net, read_state_dict(path, spec.checkpoint), name, str(path))
+    model = SRNet(net, spec.scale, spec.input_range, spec.color, spec.pad_multiple)
+    return model.eval()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

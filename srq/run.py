@@ -1,0 +1,122 @@
+"""One srq run: config → model + data → method → evaluation → results.json (+ W&B)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from srq.data.benchmark import BenchmarkDataModule, build_test_sets
+from srq.errors import SrqError
+from srq.lit.evaluate import SREvaluation
+from srq.loggers import finish_wandb, make_loggers
+from srq.methods import build_method
+from srq.models.zoo import build_model, count_params, get_spec
+from srq.results import git_commit, write_csv_atomic, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+
+
+def evaluate(model: torch.nn.Module, sets, cfg: DictConfig, loggers, prefix: str = ""):
+    """Metrics of ``model`` on ``sets``: ({set: summary}, per-image records, seconds)."""
+    import lightning as L
+
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
+    module = SREvaluation(
+        model, model.scale, [s.name for s in sets], tile=cfg.eval.tile,
+        tile_overlap=cfg.eval.tile_overlap, log_images=cfg.eval.log_images if loggers else 0,
+        image_crop=cfg.eval.image_crop, prefix=prefix,
+    )
+    start = time.perf_counter()
+    trainer.test(module, datamodule=BenchmarkDataModule(sets, cfg.data.get("num_workers", 0)),
+                 verbose=False)
+    return module.summary, module.records, time.perf_counter() - start
+
+
+def model_size_mb(model: torch.nn.Module) -> float:
+    """FP32 size of the parameters in MB (10^6 bytes)."""
+    return count_params(model) * 4 / 1e6
+
+
+def run(cfg: DictConfig) -> dict:
+    """Execute one run described by ``cfg``; return the results dict (also written to disk)."""
+    run_dir = Path(cfg.paths.output_dir)
+    if (run_dir / RESULTS).exists():
+        raise SrqError(f"{run_dir / RESULTS} already exists; srq never overwrites a run: "
+                       "choose another hydra.run.dir")
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    spec = get_spec(cfg.model.name)
+    method = build_method(cfg.method.name, cfg.method)
+    sets = build_test_sets(cfg.data, spec.scale)
+    if cfg.eval.get("limit_images"):
+        for s in sets:
+            s.pairs = s.pairs[: cfg.eval.limit_images]
+    teacher = build_model(cfg.model.name, pretrained=cfg.model.get("pretrained", True),
+                          checkpoint=cfg.model.get("checkpoint"))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    loggers = make_loggers(cfg.logger, run_dir, run_dir.name, _sweep_group(), config)
+    try:
+        result = method.apply(teacher, context={"cfg": cfg, "spec": spec})
+        student = result.student
+        metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
+        if student is teacher:
+            fp_metrics = metrics
+        else:
+            fp_metrics, fp_records, _ = evaluate(teacher, sets, cfg, [], prefix="fp/")
+            fp_by_image = {(r["set"], r["image"]): r for r in fp_records}
+            for rec in records:
+                rec["fp_psnr_y"] = fp_by_image[(rec["set"], rec["image"])]["psnr_y"]
+        results = {
+            "model": spec.name, "scale": spec.scale, "method": cfg.method.name,
+            "bits": cfg.bits.name, "data": cfg.data.name,
+            "metrics": metrics, "fp_metrics": fp_metrics,
+            "time_s": {**result.time_s, "evaluate": round(t_eval, 3)},
+            "model_size_mb": {"fp32": round(model_size_mb(teacher), 4),
+                              "quantized": round(result.info.get("size_mb", model_size_mb(student)), 4)},
+            "params": count_params(teacher),
+            "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
+                     "limit_images": cfg.eval.get("limit_images")},
+            "device": str(next(student.parameters()).device),
+            "config": config, "git_commit": git_commit(), "seed": cfg.seed,
+        }
+        write_csv_atomic(run_dir / "per_image.csv", records)
+        write_json_atomic(run_dir / RESULTS, results)
+        _log_tables(loggers, metrics, records)
+    finally:
+        finish_wandb()
+    for set_name, m in metrics.items():
+        log.info("%s %s: psnr_y %.3f ssim_y %.4f psnr_rgb %.3f (%d images)", spec.name, set_name,
+                 m["psnr_y"], m["ssim_y"], m["psnr_rgb"], m["n_images"])
+    log.info("results: %s", run_dir / RESULTS)
+    return results
+
+
+def _sweep_group() -> str | None:
+    """W&B group = the multirun sweep dir, so a sweep's jobs show together."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
+
+
+def _log_tables(loggers, metrics: dict, records: list[dict]) -> None:
+    for logger in loggers:
+        if hasattr(logger, "log_table"):
+            rows = [[s, m["psnr_y"], m["ssim_y"], m["psnr_rgb"], m["n_images"]]
+                    for s, m in metrics.items()]
+            logger.log_table("metrics", columns=["set", "psnr_y", "ssim_y", "psnr_rgb", "n_images"],
+                             data=rows)
+            logger.log_table("per_image", columns=list(records[0]),
+                             data=[list(r.values()) for r in records])
