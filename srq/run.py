@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from srq.data.benchmark import BenchmarkDataModule, build_test_sets
+from srq.data.benchmark import build_test_sets
 from srq.errors import SrqError
-from srq.lit.evaluate import SREvaluation
+from srq.lit.evaluate import evaluate_sets
 from srq.loggers import finish_wandb, make_loggers
 from srq.methods import build_method
 from srq.models.zoo import build_model, count_params, get_spec
@@ -25,18 +24,12 @@ RESULTS = "results.json"
 
 def evaluate(model: torch.nn.Module, sets, cfg: DictConfig, loggers, prefix: str = ""):
     """Metrics of ``model`` on ``sets``: ({set: summary}, per-image records, seconds)."""
-    import lightning as L
-
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
-    module = SREvaluation(
-        model, model.scale, [s.name for s in sets], tile=cfg.eval.tile,
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
+    return evaluate_sets(
+        model, sets, trainer, num_workers=cfg.data.get("num_workers", 0), tile=cfg.eval.tile,
         tile_overlap=cfg.eval.tile_overlap, log_images=cfg.eval.log_images if loggers else 0,
         image_crop=cfg.eval.image_crop, prefix=prefix,
     )
-    start = time.perf_counter()
-    trainer.test(module, datamodule=BenchmarkDataModule(sets, cfg.data.get("num_workers", 0)),
-                 verbose=False)
-    return module.summary, module.records, time.perf_counter() - start
 
 
 def model_size_mb(model: torch.nn.Module) -> float:

@@ -50,7 +50,8 @@ class SREvaluation(L.LightningModule):
         if self.limit_images is not None and batch_idx >= self.limit_images:
             return
         sr = self(lr.float() / 255.0)
-        values = sr_image_metrics(sr, hr, self.scale)
+        values = sr_image_metrics(sr, hr, self.scale,
+                                  y_output=getattr(self.model, "color", "rgb") != "rgb")
         set_name = self.set_names[dataloader_idx]
         self.records.append({"set": set_name, "image": name,
                              **{k: float(values[k][0]) for k in METRIC_KEYS}})
@@ -78,3 +79,23 @@ class SREvaluation(L.LightningModule):
         crop_hr = hr[0, :, y0:y0 + c, x0:x0 + c].permute(1, 2, 0).cpu().numpy()
         logger.log_image(key=f"{self.prefix}{set_name}/{name}", images=[crop_sr, crop_hr],
                          caption=["SR", "HR"])
+
+
+def evaluate_sets(model: nn.Module, sets, trainer: L.Trainer | None = None, num_workers: int = 0,
+                  **module_kwargs) -> tuple[dict[str, dict], list[dict], float]:
+    """Evaluate ``model`` (an SRNet) on ``sets`` (SRPairs): ({set: summary}, records, seconds).
+
+    ``trainer``: a configured Lightning Trainer; default: CPU/GPU auto, no logger, no bar.
+    """
+    import time
+
+    from srq.data.benchmark import BenchmarkDataModule
+
+    if trainer is None:
+        trainer = L.Trainer(accelerator="auto", devices=1, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False)
+    module = SREvaluation(model, model.scale, [s.name for s in sets], **module_kwargs)
+    start = time.perf_counter()
+    trainer.test(module, datamodule=BenchmarkDataModule(sets, num_workers), verbose=False)
+    return module.summary, module.records, time.perf_counter() - start

@@ -28,11 +28,15 @@ def _crop(img: torch.Tensor, border: int) -> torch.Tensor:
     return img[..., border:-border, border:-border] if border > 0 else img
 
 
-def sr_image_metrics(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> dict[str, torch.Tensor]:
+def sr_image_metrics(sr: torch.Tensor, hr: torch.Tensor, scale: int,
+                     y_output: bool = False) -> dict[str, torch.Tensor]:
     """Per-image ``psnr_y``, ``ssim_y``, ``psnr_rgb`` (each a length-N float64 tensor).
 
     ``sr``: (N, 3, H, W) float in [0, 1] (clamped and rounded here) or uint8;
     ``hr``: (N, 3, H, W) uint8 (or float already in [0, 255] integer values).
+    ``y_output``: the network predicts only Y (FSRCNN, VDSR; ``sr`` is that Y recombined
+    with bicubic CbCr): the Y-metrics then round the predicted Y itself,
+    Y_sr = round(255 · clamp(Y/255, 0, 1)), as those models are evaluated, not Y of rounded RGB.
     """
     if sr.shape != hr.shape:
         raise ValueError(f"SR shape {tuple(sr.shape)} != HR shape {tuple(hr.shape)}")
@@ -42,7 +46,11 @@ def sr_image_metrics(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> dict[str
         # float32 like BasicSR's tensor2img: rounding ties depend on the precision
         sr255 = (sr.float().clamp(0, 1) * 255.0).round().double()
     hr255 = hr.double()
-    sr_y, hr_y = _crop(rgb_to_y(sr255), scale), _crop(rgb_to_y(hr255), scale)
+    if y_output and sr.dtype != torch.uint8:
+        sr_y = (rgb_to_y(sr.double() * 255.0).clamp(0, 255)).round()
+    else:
+        sr_y = rgb_to_y(sr255)
+    sr_y, hr_y = _crop(sr_y, scale), _crop(rgb_to_y(hr255), scale)
     sr_rgb, hr_rgb = _crop(sr255, scale), _crop(hr255, scale)
     dims = (1, 2, 3)
     psnr_y = peak_signal_noise_ratio(sr_y, hr_y, data_range=255.0, reduction="none", dim=dims)

@@ -43,7 +43,7 @@ class Checkpoint:
 class ModelSpec:
     """One named model: ``<arch>_x<scale>``, its builder and conventions.
 
-    ``builder``: ``"module:Class"`` (imported lazily) called with ``scale`` and ``kwargs``.
+    ``builder``: ``"module:Class"`` (imported lazily) called with ``scale_arg=scale`` and ``kwargs``.
     ``input_range``: 1 or 255 (what the net expects for white). ``color``: see SRNet.
     ``reference_psnr``: FP Y-PSNR measured with srq's protocol, {set: dB}, for tests/docs.
     ``published_psnr``: the paper's numbers, {set: dB}.
@@ -60,11 +60,12 @@ class ModelSpec:
     checkpoint: Checkpoint | None = None
     reference_psnr: dict[str, float] = field(default_factory=dict)
     published_psnr: dict[str, float] = field(default_factory=dict)
+    scale_arg: str = "scale"  # basicsr archs call it ``upscale``
 
     def build_net(self) -> nn.Module:
         module_name, cls_name = self.builder.split(":")
         cls = getattr(importlib.import_module(module_name), cls_name)
-        return cls(scale=self.scale, **self.kwargs)
+        return cls(**{self.scale_arg: self.scale}, **self.kwargs)
 
 
 MODELS: dict[str, ModelSpec] = {}

@@ -1,0 +1,104 @@
+"""Calibration / fine-tuning data: LR patches drawn with a fixed seed, never from a test set.
+
+Sources: ``t91`` (HR training images; an HR crop of ``patch·scale`` is MATLAB-bicubic
+downsampled to an LR patch, so even small images give patches at ×4), ``div2k_lr``
+(the DIV2K LR ×4 subset; LR crops taken directly), ``folder`` (any folder, HR or LR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from srq.data.images import imresize, list_images, read_image, to_float
+from srq.data.store import fetch_folder
+from srq.errors import SrqError
+
+CALIBRATION_SOURCES = ("t91", "div2k_lr", "folder")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Which LR patches to draw: ``num_patches`` of ``patch_size``² from ``source``."""
+
+    source: str = "t91"
+    num_patches: int = 32
+    patch_size: int = 64
+    seed: int = 0
+    folder: str | None = None
+    folder_is_hr: bool = True
+
+    def __post_init__(self):
+        if self.source not in CALIBRATION_SOURCES:
+            raise SrqError(f"unknown calibration source {self.source!r}; valid: "
+                           f"{', '.join(CALIBRATION_SOURCES)}")
+        if self.source == "folder" and not self.folder:
+            raise SrqError("calibration source 'folder' needs calib.folder=<dir>")
+        if self.num_patches < 1 or self.patch_size < 1:
+            raise SrqError("calibration needs num_patches >= 1 and patch_size >= 1")
+
+
+class CalibrationPatches(Dataset):
+    """``num_patches`` float LR patches (3, p, p) in [0, 1], drawn once with ``seed``.
+
+    For HR sources: image i uniformly among those with an HR side ≥ p·scale, a uniform
+    crop of p·scale, then MATLAB bicubic ×1/scale. For LR sources: a uniform p×p crop.
+    """
+
+    def __init__(self, cfg: CalibrationConfig, scale: int):
+        self.cfg, self.scale = cfg, scale
+        if cfg.source == "t91":
+            paths, is_hr = fetch_folder("calib/T91/"), True
+        elif cfg.source == "div2k_lr":
+            paths, is_hr = fetch_folder("calib/DIV2K_test_LRx4_subset/"), False
+        else:
+            paths, is_hr = list_images(cfg.folder), cfg.folder_is_hr
+        crop = cfg.patch_size * scale if is_hr else cfg.patch_size
+        images = [read_image(p) for p in paths]
+        usable = [im for im in images if min(im.shape[-2:]) >= crop]
+        if not usable:
+            raise SrqError(f"no calibration image is at least {crop}x{crop} pixels; lower "
+                           "calib.patch_size or use another calib.source")
+        gen = torch.Generator().manual_seed(cfg.seed)
+        patches = []
+        for _ in range(cfg.num_patches):
+            img = usable[int(torch.randint(len(usable), (1,), generator=gen))]
+            h, w = img.shape[-2:]
+            y = int(torch.randint(h - crop + 1, (1,), generator=gen))
+            x = int(torch.randint(w - crop + 1, (1,), generator=gen))
+            patch = to_float(img[:, y:y + crop, x:x + crop])
+            if is_hr:
+                patch = imresize(patch, 1.0 / scale).clamp(0, 1)
+                patch = (patch * 255).round() / 255  # LR images are stored as uint8
+            patches.append(patch)
+        self.patches = torch.stack(patches)
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.patches[index]
+
+
+class CalibrationDataModule(L.LightningDataModule):
+    """Calibration patches as a DataModule (train loader shuffles with a seeded generator)."""
+
+    def __init__(self, cfg: CalibrationConfig, scale: int, batch_size: int = 16):
+        super().__init__()
+        self.cfg, self.scale, self.batch_size = cfg, scale, batch_size
+        self.dataset: CalibrationPatches | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = CalibrationPatches(self.cfg, self.scale)
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=gen)
+
+    def calibration_dataloader(self) -> DataLoader:
+        """All patches in a fixed order (for statistics collection)."""
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
