@@ -25,6 +25,7 @@ def wandb_mode(requested: str = "auto") -> str:
     with a configured key, offline otherwise (offline never touches the network)."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
+    os.environ.pop("WANDB_MODE", None)  # an empty value would fail wandb's validation
     if requested == "auto":
         return "online" if wandb_key_configured() else "offline"
     return requested

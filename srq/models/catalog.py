@@ -75,6 +75,24 @@ for _scale, _file in _LMLT_FILES.items():
                                  _scale),
     ))
 
+_LBNET_REF = {"Set5": (37.955, 34.327, 32.075), "Set14": (None, None, 28.536),
+              "B100": (None, None, 27.545)}
+for _scale in (2, 3, 4):
+    register(ModelSpec(
+        name=f"lbnet_t_x{_scale}", arch="lbnet_t", scale=_scale, builder=f"{ARCHS}.lbnet:LBNet",
+        input_range=255.0,
+        checkpoint=Checkpoint(store=f"weights/LBNet-T/LBNet-T_X{_scale}.pth"),
+        reference_psnr=_by_scale(_LBNET_REF, _scale),
+        published_psnr=_by_scale({"Set5": (37.95, 34.33, 32.08), "Set14": (None, None, 28.54),
+                                  "B100": (None, None, 27.54)}, _scale),
+    ))
+register(ModelSpec(
+    name="craft_x4", arch="craft", scale=4, builder=f"{ARCHS}.craft:CRAFT", pad_multiple=16,
+    checkpoint=Checkpoint(store="weights/CRAFT/team34_craft.pth", container="params"),
+    reference_psnr={"Set5": 32.404, "Set14": 28.838, "B100": 27.726},
+    published_psnr={"Set5": 32.52, "Set14": 28.85, "B100": 27.72},
+))
+
 
 # --- The papers' models: official checkpoints by URL (not reachable offline here) --------
 def edsr_pytorch_keys(state: dict) -> dict:

@@ -15,17 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from srq.models.archs.common import MatMul
+
 __all__ = ["CRAFT", "MatMul", "PAD_MULTIPLE", "PAD_MODE"]
 
 PAD_MULTIPLE = 16
 PAD_MODE = "reflect"
-
-
-class MatMul(nn.Module):
-    """Matrix product ``a @ b`` as a module, so that quantizers can wrap it."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b
 
 
 def _relative_position_tables(win_h: int, win_w: int) -> Tuple[torch.Tensor, torch.Tensor]:

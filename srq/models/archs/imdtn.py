@@ -7,12 +7,7 @@ size strictly above H and W and crops the output back to (scale*H, scale*W).
 import torch
 import torch.nn as nn
 
-
-class MatMul(nn.Module):
-    """Batched matrix product ``a @ b`` as a module, so a quantizer can wrap it."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b
+from srq.models.archs.common import MatMul
 
 
 def _mirror_index(n: int, target: int, device: torch.device) -> torch.Tensor:

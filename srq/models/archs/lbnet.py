@@ -11,14 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from srq.models.archs.common import MatMul
+
 __all__ = ["LBNet", "MatMul"]
-
-
-class MatMul(nn.Module):
-    """Matrix product ``a @ b`` as a module, so that quantizers can wrap it."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b
 
 
 def _conv(in_ch: int, out_ch: int, k: int, bias: bool = True, groups: int = 1) -> nn.Conv2d:
@@ -173,9 +168,6 @@ class LBNet(nn.Module):
         repeats: how often each shared transformer block is applied.
         rgb_range: pixel range, used only to initialise the mean-shift convs.
     """
-
-    pad_multiple = 1
-    pad_mode = None
 
     def __init__(
         self,

@@ -8,12 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class MatMul(nn.Module):
-    """Batched matrix product ``a @ b`` as a module, so a quantizer can wrap it."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b
+from srq.models.archs.common import MatMul
 
 
 def _reflect_index(n: int, target: int, device: torch.device) -> torch.Tensor:
