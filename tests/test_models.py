@@ -152,3 +152,23 @@ def test_y_models_return_rgb_of_input_size(name):
     model = build_model(name, pretrained=False)
     out = model(torch.rand(1, 3, 10, 14))
     assert out.shape == (1, 3, 10 * model.scale, 14 * model.scale)
+
+
+def test_imdn_x2_b100(data_dir):
+    """The issue's B100 check: IMDN ×2 FP on B100 = 32.189 dB (about a minute on 2 cores)."""
+    summary, _, _ = evaluate_sets(build_model("imdn_x2"), [benchmark_set("B100", 2)])
+    assert summary["B100"]["n_images"] == 100
+    assert summary["B100"]["psnr_y"] == pytest.approx(32.189, abs=0.01)
+
+
+@pytest.mark.parametrize("zipfile", [False, True])
+def test_whole_model_pickle_is_read_without_its_class(tmp_path, zipfile):
+    """VDSR's original file is ``{"epoch", "model": Net}`` from PyTorch 0.3: the pickled
+    classes are replaced by inert placeholders and the weights come out as a state_dict."""
+    torch.manual_seed(0)
+    original = build_model("vdsr_x2", pretrained=False)
+    path = tmp_path / "model_epoch_50.pth"
+    torch.save({"epoch": 50, "model": original.net}, path, _use_new_zipfile_serialization=zipfile)
+    loaded = build_model("vdsr_x3", checkpoint=str(path))
+    for key, value in original.net.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[key], value)

@@ -14,6 +14,7 @@ from torch import nn
 
 from srq.data import store
 from srq.errors import SrqError
+from srq.models.legacy import load_module_pickle
 from srq.models.wrapper import SRNet
 
 
@@ -123,15 +124,18 @@ def checkpoint_path(spec: ModelSpec) -> Path:
 
 def read_state_dict(path: str | Path, ckpt: Checkpoint | None = None) -> dict[str, torch.Tensor]:
     """Load a checkpoint file as a flat state_dict: unwrap containers, strip prefixes, remap."""
+    if not Path(path).is_file():
+        raise SrqError(f"checkpoint {path} does not exist; pass an existing file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise SrqError(f"checkpoint {path} does not exist; pass an existing file") from exc
     except Exception as exc:  # unpickling errors come in many types
-        raise SrqError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "pass a torch state_dict file (.pth)"
-        ) from exc
+        try:  # an old whole-model pickle (torch.save(model)), read without running its code
+            obj = load_module_pickle(path)
+        except Exception:
+            raise SrqError(
+                f"cannot read checkpoint {path} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); pass a torch state_dict file (.pth)"
+            ) from exc
     containers = [ckpt.container] if ckpt and ckpt.container else []
     containers += ["params_ema", "params", "state_dict", "model"]
     if isinstance(obj, dict):
