@@ -48,7 +48,35 @@ def _remove_failed_run_dir(run_dir: Path, results_name: str) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+GROUPS = ("model", "method", "bits", "data", "trainer", "logger", "experiment", "debug",
+          "hparams_search")
+
+
+def check_group_choices(args: list[str]) -> str | None:
+    """One-line message for a ``group=option`` argument naming no config, else None.
+
+    Hydra would report it too, over several lines; sweeps (``a,b``) are checked per item.
+    """
+    from importlib import resources
+
+    conf = resources.files("srq.conf")
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in GROUPS or any(c in value for c in "()[]{}*$"):
+            continue
+        options = sorted(p.name[:-5] for p in conf.joinpath(key).iterdir()
+                         if p.name.endswith(".yaml"))
+        for choice in value.split(","):
+            if choice not in options and choice != "null":
+                return (f"unknown {key} {choice!r}; valid {key} options: {', '.join(options)}")
+    return None
+
+
 def main() -> None:
+    problem = check_group_choices(sys.argv[1:])
+    if problem:
+        print(f"srq: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     _main()
 
 

@@ -59,11 +59,16 @@ def test_multirun_gives_each_job_its_own_dir(data_dir, tmp_path):
     assert {json.loads(f.read_text())["model"] for f in files} == {"imdn_x2", "pan_x2"}
 
 
-def test_unknown_model_lists_valid_ones(tmp_path):
-    proc = srq(["model=imdn_x9"], tmp_path)
-    assert proc.returncode != 0
-    assert "imdn_x9" in proc.stderr and "imdn_x4" in proc.stderr
-    assert not results_files(tmp_path)
+@pytest.mark.parametrize("args", [["model=imdn_x9"], ["-m", "model=imdn_x4,imdn_x9"],
+                                  ["data=set7"], ["method=gptq"]])
+def test_unknown_names_list_valid_ones(tmp_path, args):
+    proc = srq(args, tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    bad = args[-1].split(",")[-1].split("=")[-1]
+    assert line.startswith("srq: error: unknown") and repr(bad) in line
+    assert {"imdn_x9": "imdn_x4", "set7": "set5", "gptq": "fp"}[bad] in line
+    assert not (tmp_path / "outputs").exists()
 
 
 def _corrupt_mirror(data_dir: Path, root: Path) -> Path:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from srq.errors import SrqError
 
 
@@ -107,8 +109,12 @@ def download(url: str, target: Path, accepted: tuple[str, ...] | None, what: str
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=60) as response:
-                    while block := response.read(1 << 20):
-                        out.write(block)
+                    total = int(response.headers.get("Content-Length") or 0) or None
+                    with tqdm(total=total, unit="B", unit_scale=True, leave=False,
+                              desc=f"download {Path(what).name}", disable=total is None) as bar:
+                        while block := response.read(1 << 20):
+                            out.write(block)
+                            bar.update(len(block))
             except OSError as exc:
                 raise SrqError(
                     f"cannot download {what} from {url} ({exc}); check the network, or set "

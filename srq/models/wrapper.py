@@ -77,4 +77,5 @@ def bicubic_upsample(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """MATLAB-compatible bicubic upsampling of a float (N, C, h, w) batch (no rounding)."""
     from srq.data.images import imresize
 
-    return torch.stack([imresize(img, float(scale)) for img in lr]).to(lr.dtype)
+    # basicsr's imresize builds its weights on the CPU
+    return torch.stack([imresize(img.cpu(), float(scale)) for img in lr]).to(lr)
