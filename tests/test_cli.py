@@ -119,4 +119,7 @@ def test_wandb_offline_without_key(data_dir, tmp_path):
     proc = srq(["model=fsrcnn_x2", "eval.limit_images=2", "logger=wandb"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = results_files(tmp_path)
-    assert list(path.parent.glob("wandb/offline-run-*"))
+    (wandb_run,) = path.parent.glob("wandb/offline-run-*")
+    assert len(list(wandb_run.glob("files/media/images/Set5/*.png"))) == 4  # 2 × (SR, HR)
+    tables = {p.name.split("_")[0] for p in wandb_run.glob("files/media/table/*.table.json")}
+    assert {"metrics", "per"} <= tables

@@ -69,16 +69,17 @@ class SREvaluation(L.LightningModule):
                 self.log(f"{self.prefix}{set_name}/{key}", summary[key], add_dataloader_idx=False)
 
     def _log_crop(self, set_name: str, name: str, sr: torch.Tensor, hr: torch.Tensor) -> None:
-        logger = self.logger
-        if logger is None or not hasattr(logger, "log_image"):
+        image_loggers = [lg for lg in self.loggers if hasattr(lg, "log_image")]
+        if not image_loggers:
             return
         c = self.image_crop
         h, w = hr.shape[-2:]
         y0, x0 = max(0, (h - c) // 2), max(0, (w - c) // 2)
         crop_sr = to_uint8(sr[0, :, y0:y0 + c, x0:x0 + c]).permute(1, 2, 0).cpu().numpy()
         crop_hr = hr[0, :, y0:y0 + c, x0:x0 + c].permute(1, 2, 0).cpu().numpy()
-        logger.log_image(key=f"{self.prefix}{set_name}/{name}", images=[crop_sr, crop_hr],
-                         caption=["SR", "HR"])
+        for logger in image_loggers:
+            logger.log_image(key=f"{self.prefix}{set_name}/{name}", images=[crop_sr, crop_hr],
+                             caption=["SR", "HR"])
 
 
 def evaluate_sets(model: nn.Module, sets, trainer: L.Trainer | None = None, num_workers: int = 0,
