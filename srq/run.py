@@ -15,6 +15,7 @@ from srq.lit.evaluate import evaluate_sets
 from srq.loggers import finish_wandb, make_loggers
 from srq.methods import build_method
 from srq.models.zoo import build_model, count_params, get_spec
+from srq.quant.size import fp32_size_mb
 from srq.results import git_commit, write_csv_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,6 @@ def evaluate(model: torch.nn.Module, sets, cfg: DictConfig, loggers, prefix: str
         tile_overlap=cfg.eval.tile_overlap, log_images=cfg.eval.log_images if loggers else 0,
         image_crop=cfg.eval.image_crop, prefix=prefix,
     )
-
-
-def model_size_mb(model: torch.nn.Module) -> float:
-    """FP32 size of the parameters in MB (10^6 bytes)."""
-    return count_params(model) * 4 / 1e6
 
 
 def run(cfg: DictConfig) -> dict:
@@ -74,9 +70,11 @@ def run(cfg: DictConfig) -> dict:
             "bits": cfg.bits.name, "data": cfg.data.name,
             "metrics": metrics, "fp_metrics": fp_metrics,
             "time_s": {**result.time_s, "evaluate": round(t_eval, 3)},
-            "model_size_mb": {"fp32": round(model_size_mb(teacher), 4),
-                              "quantized": round(result.info.get("size_mb", model_size_mb(student)), 4)},
+            "model_size_mb": {"fp32": round(fp32_size_mb(teacher), 4),
+                              "quantized": round(result.info.get("size_mb", fp32_size_mb(teacher)), 4)},
             "params": count_params(teacher),
+            "quantization_map": result.info.get("quantization_map", {}),
+            "calibration": result.info.get("calibration"),
             "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
                      "limit_images": cfg.eval.get("limit_images")},
             "device": str(next(student.parameters()).device),

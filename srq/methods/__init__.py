@@ -31,10 +31,21 @@ class FullPrecision:
         self.cfg = cfg
 
     def apply(self, teacher: nn.Module, context=None) -> MethodResult:
+        bits = context["cfg"].bits if context else None
+        if bits is not None and (bits.weight_bits is not None or bits.act_bits is not None):
+            raise SrqError(f"method=fp does not quantize, so bits={bits.name} has no effect; "
+                           "use bits=fp32, or a quantizing method such as method=minmax")
         return MethodResult(student=teacher)
 
 
-METHODS: dict[str, Callable] = {"fp": FullPrecision}
+def _uniform(cfg):
+    from srq.methods.uniform import UniformPTQ
+
+    return UniformPTQ(cfg)
+
+
+METHODS: dict[str, Callable] = {"fp": FullPrecision, "minmax": _uniform, "ema_minmax": _uniform,
+                                "percentile": _uniform, "mse": _uniform}
 
 
 def build_method(name: str, cfg=None):

@@ -1,0 +1,166 @@
+"""The user flow: ``quantize(model, spec, include, exclude)`` → ``with calibration_mode(model):
+run batches`` → ``freeze(model)``; ``quantization_map(model)`` says what got which format.
+
+    >>> spec = QuantSpec(weight=QuantFormat(4, "two_bound"), input=QuantFormat(4))
+    >>> quantize(model, spec, exclude=["*.cca.*"], example_input=lr)   # doctest: +SKIP
+    >>> with calibration_mode(model):                                  # doctest: +SKIP
+    ...     for batch in calibration_batches: model(batch)
+    >>> freeze(model)                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from srq.quant.modules import WRAPPERS, QuantMatMul, QuantModule
+from srq.quant.quantizer import QuantFormat, UniformQuantizer
+
+LAYER_POLICIES = ("first_last_8bit", "first_last_fp", "all")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What to quantize and how.
+
+    ``weight`` / ``input``: formats of weights and input activations of the quantized
+    modules (None keeps that tensor FP). ``layer_policy``: the SR convention
+    ``first_last_8bit`` (first and last layers at 8 bit, formats otherwise unchanged),
+    ``first_last_fp`` (those two stay FP) or ``all``. ``matmul``: also quantize the inputs
+    of attention matmuls (``MatMul`` modules) with the ``input`` format.
+    """
+
+    weight: QuantFormat | None
+    input: QuantFormat | None
+    layer_policy: str = "first_last_8bit"
+    edge_bits: int = 8
+    matmul: bool = False
+
+    def __post_init__(self):
+        if self.layer_policy not in LAYER_POLICIES:
+            raise ValueError(f"unknown layer_policy {self.layer_policy!r}; valid: "
+                             f"{', '.join(LAYER_POLICIES)}")
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def execution_order(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> list[str]:
+    """``names`` sorted by first call in a forward pass on ``example_input``."""
+    order: list[str] = []
+    modules = dict(model.named_modules())
+    hooks = [modules[n].register_forward_pre_hook(
+        lambda mod, args, n=n: order.append(n) if n not in order else None) for n in names]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order + [n for n in names if n not in order]
+
+
+def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None,
+             exclude: list[str] | None = None, example_input: torch.Tensor | None = None
+             ) -> nn.Module:
+    """Wrap the Conv2d / ConvTranspose2d / Linear (and, with ``spec.matmul``, MatMul)
+    modules whose names match ``include`` and none of ``exclude`` (fnmatch globs), in place.
+
+    First/last layer: by execution order on ``example_input`` (registration order without
+    it), among the selected weight layers. Returns ``model``.
+    """
+    include, exclude = include or ["*"], exclude or []
+    selected = []
+    inside = [n for n, _ in wrapped_modules(model)]  # already quantized: leave alone
+    for name, module in model.named_modules():
+        kind = type(module)
+        if kind not in WRAPPERS or not name or any(name.startswith(f"{w}.") for w in inside):
+            continue
+        if WRAPPERS[kind] is QuantMatMul and not spec.matmul:
+            continue
+        if _matches(name, include) and not _matches(name, exclude):
+            selected.append(name)
+    if example_input is not None:
+        selected = execution_order(model, example_input, selected)
+    modules = dict(model.named_modules())
+    weighted = [n for n in selected if WRAPPERS[type(modules[n])] is not QuantMatMul]
+    edges = {weighted[0], weighted[-1]} if weighted else set()
+    for name in selected:
+        weight_fmt, input_fmt = spec.weight, spec.input
+        if name in edges and spec.layer_policy == "first_last_fp":
+            continue
+        if name in edges and spec.layer_policy == "first_last_8bit":
+            weight_fmt = weight_fmt and weight_fmt.replace(bits=max(spec.edge_bits, weight_fmt.bits))
+            input_fmt = input_fmt and input_fmt.replace(bits=max(spec.edge_bits, input_fmt.bits))
+        if weight_fmt is None and input_fmt is None:
+            continue
+        module = modules[name]
+        wrapper = WRAPPERS[type(module)](module, weight_fmt, input_fmt)
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child, wrapper)
+    return model
+
+
+def quantizers(model: nn.Module) -> Iterator[tuple[str, UniformQuantizer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, UniformQuantizer):
+            yield name, module
+
+
+def wrapped_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantModule, QuantMatMul)):
+            yield name, module
+
+
+@contextlib.contextmanager
+def calibration_mode(model: nn.Module):
+    """Statistics on, fake quantization off; bounds are computed and quantization enabled
+    on exit. Weight bounds come from the weights themselves on entry."""
+    for _, module in wrapped_modules(model):
+        if isinstance(module, QuantModule) and module.weight_quantizer is not None:
+            wq = module.weight_quantizer
+            wq.observer(module.module.weight)
+            wq.finish_calibration()
+    activation = [(n, q) for n, q in quantizers(model) if not q.calibrated]
+    for _, q in activation:
+        q.observing, q.enabled = True, False
+    try:
+        yield model
+    finally:
+        for _, q in activation:
+            q.observing = False
+    unseen = [n for n, q in activation if int(q.observer.batches) == 0]
+    if unseen:
+        raise RuntimeError(
+            f"calibration saw no data for {len(unseen)} quantizer(s) ({', '.join(unseen[:3])}"
+            f"{', ...' if len(unseen) > 3 else ''}): run at least one batch through the model "
+            "inside calibration_mode, or exclude modules that are never called"
+        )
+    for _, q in activation:
+        q.finish_calibration()
+    for _, q in quantizers(model):
+        q.enabled = True
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Fix everything: bounds become constants and each quantized weight is computed once."""
+    for _, q in quantizers(model):
+        q.lo.requires_grad_(False)
+        q.hi.requires_grad_(False)
+    for _, module in wrapped_modules(model):
+        if isinstance(module, QuantModule) and module.weight_quantizer is not None:
+            with torch.no_grad():
+                module.frozen_weight = module.weight_quantizer(module.module.weight).detach().clone()
+    return model
+
+
+def quantization_map(model: nn.Module) -> dict[str, dict[str, str | None]]:
+    """{module name: {"weight": format, "input": format}} for every wrapped module."""
+    return {name: module.formats() for name, module in wrapped_modules(model)}

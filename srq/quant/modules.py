@@ -1,0 +1,93 @@
+"""Quantized wrappers: the original module plus a weight and an input-activation quantizer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srq.models.archs.common import MatMul
+from srq.quant.quantizer import QuantFormat, UniformQuantizer
+
+
+class QuantModule(nn.Module):
+    """Base wrapper: ``module`` keeps its parameters; ``weight_quantizer`` and
+    ``input_quantizer`` are None when that tensor stays FP. After :func:`freeze`, the
+    fake-quantized weight is cached in ``frozen_weight`` (a buffer) and used directly."""
+
+    weight_axis = 0
+
+    def __init__(self, module: nn.Module, weight: QuantFormat | None, inputs: QuantFormat | None):
+        super().__init__()
+        self.module = module
+        self.weight_quantizer = None
+        if weight is not None:
+            fmt = weight if weight.axis is None else weight.replace(axis=self.weight_axis)
+            self.weight_quantizer = UniformQuantizer(fmt)
+        self.input_quantizer = UniformQuantizer(inputs) if inputs is not None else None
+        self.register_buffer("frozen_weight", None)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "frozen_weight" in state_dict:
+            self.frozen_weight = torch.empty_like(state_dict[prefix + "frozen_weight"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.frozen_weight is not None:
+            return self.frozen_weight
+        w = self.module.weight
+        return self.weight_quantizer(w) if self.weight_quantizer is not None else w
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_quantizer(x) if self.input_quantizer is not None else x
+
+    def formats(self) -> dict[str, str | None]:
+        return {"weight": str(self.weight_quantizer.fmt) if self.weight_quantizer else None,
+                "input": str(self.input_quantizer.fmt) if self.input_quantizer else None}
+
+
+class QuantConv2d(QuantModule):
+    def forward(self, x):
+        return self.module._conv_forward(self.quantized_input(x), self.quantized_weight(),
+                                         self.module.bias)
+
+
+class QuantConvTranspose2d(QuantModule):
+    weight_axis = 1  # (in, out/groups, kh, kw): output channels are dim 1
+
+    def forward(self, x):
+        m = self.module
+        return F.conv_transpose2d(self.quantized_input(x), self.quantized_weight(), m.bias,
+                                  m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+
+
+class QuantLinear(QuantModule):
+    def forward(self, x):
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.module.bias)
+
+
+class QuantMatMul(nn.Module):
+    """a @ b with both operands fake-quantized (attention's Q·Kᵀ and A·V)."""
+
+    def __init__(self, module: MatMul, weight: QuantFormat | None, inputs: QuantFormat | None):
+        super().__init__()
+        self.module = module
+        self.input_quantizer = UniformQuantizer(inputs) if inputs is not None else None
+        self.other_quantizer = UniformQuantizer(inputs) if inputs is not None else None
+
+    def forward(self, a, b):
+        if self.input_quantizer is not None:
+            a, b = self.input_quantizer(a), self.other_quantizer(b)
+        return self.module(a, b)
+
+    def formats(self) -> dict[str, str | None]:
+        fmt = str(self.input_quantizer.fmt) if self.input_quantizer else None
+        return {"weight": None, "input": fmt, "other": fmt}
+
+
+WRAPPERS: dict[type, type] = {
+    nn.Conv2d: QuantConv2d,
+    nn.ConvTranspose2d: QuantConvTranspose2d,
+    nn.Linear: QuantLinear,
+    MatMul: QuantMatMul,
+}

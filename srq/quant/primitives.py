@@ -1,0 +1,146 @@
+"""Uniform quantization as pure functions (no state, no Lightning/Hydra).
+
+Notation (METHODS.md §1): ``b`` bits, ``n = 2^b − 1``, bounds ``l < u``, step
+``Δ = (u − l)/n``. Formats:
+
+* ``free`` (asymmetric Q-range, the papers'): c = clip(x, l, u), r = ⌊(c − l)/Δ⌉, x_q = l + Δ r.
+  0 is in general not on the grid.
+* ``integer`` (asymmetric, integer zero point; torch's ``fake_quantize_*_affine``):
+  z = ⌊−l/Δ⌉, r = clip(⌊x/Δ⌉ + z, 0, n), x_q = (r − z) Δ.
+* ``two_bound`` (symmetric Q-range): ``free`` with l = −u (2^b levels, 0 not on the grid).
+* ``narrow`` (symmetric): Δ = u/(2^{b−1} − 1), r = clip(⌊x/Δ⌉, −(2^{b−1}−1), 2^{b−1}−1), x_q = Δ r.
+* ``full`` (symmetric, torchao/coreai default): Δ = u/((2^b − 1)/2),
+  r = clip(⌊x/Δ⌉, −2^{b−1}, 2^{b−1} − 1), x_q = Δ r.
+
+``fake_quantize`` is differentiable in x, l and u: rounding is the identity backwards
+(straight-through), clipping passes the gradient to the bound it clips to, and Δ stays in
+the graph, which gives ∂x_q/∂u = 1[x ≥ u] + (r − t)/n and ∂x_q/∂l = 1[x ≤ l] − (r − t)/n for
+``free`` with t = (c − l)/Δ (LSQ form, METHODS.md §1.4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+SYMMETRIC_MODES = ("two_bound", "narrow", "full")
+ASYMMETRIC_MODES = ("free", "integer")
+MODES = ASYMMETRIC_MODES + SYMMETRIC_MODES
+ROUNDINGS = ("half_even", "half_away")
+
+
+class _RoundSTE(torch.autograd.Function):
+    """⌊t⌉ forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, half_away: bool) -> torch.Tensor:
+        if half_away:
+            return torch.sign(t) * torch.floor(t.abs() + 0.5)
+        return torch.round(t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def round_ste(t: torch.Tensor, rounding: str = "half_even") -> torch.Tensor:
+    """Round to nearest (ties to even by default, like ``torch.round``) with a straight-through gradient."""
+    return _RoundSTE.apply(t, rounding == "half_away")
+
+
+def clip(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """clip(x, l, u) with ∂/∂x = 1[l ≤ x ≤ u], ∂/∂l = 1[x < l], ∂/∂u = 1[x > u]."""
+    return torch.where(x < lo, lo, torch.where(x > hi, hi, x))
+
+
+def qrange(bits: int, mode: str) -> tuple[int, int]:
+    """Integer code range (r_min, r_max) of a format."""
+    if mode in ("free", "integer", "two_bound"):
+        return 0, 2**bits - 1
+    if mode == "narrow":
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    if mode == "full":
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    raise ValueError(f"unknown quantization mode {mode!r}; valid: {', '.join(MODES)}")
+
+
+def choose_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, mode: str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale Δ, offset) of a format from bounds.
+
+    Codes map back as x_q = Δ·(r − offset) for ``integer``/``narrow``/``full`` (offset = zero
+    point z, 0 for symmetric) and as x_q = l + Δ·r for ``free``/``two_bound`` (offset = −l/Δ,
+    not an integer). For symmetric modes only ``hi`` (= max |x|) is used.
+    """
+    n = 2**bits - 1
+    if mode == "two_bound":
+        lo = -hi
+    if mode in ("free", "two_bound"):
+        scale = (hi - lo) / n
+        return scale, -lo / scale
+    if mode == "integer":
+        scale = (hi - lo) / n
+        return scale, torch.round(-lo / scale)
+    if mode == "narrow":
+        return hi / (2 ** (bits - 1) - 1), torch.zeros_like(hi)
+    if mode == "full":
+        return hi / (n / 2), torch.zeros_like(hi)
+    raise ValueError(f"unknown quantization mode {mode!r}; valid: {', '.join(MODES)}")
+
+
+def quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, mode: str,
+             rounding: str = "half_even") -> torch.Tensor:
+    """Integer codes r (as a float tensor) of ``x`` for the format; see the module docstring."""
+    scale, offset = choose_qparams(lo, hi, bits, mode)
+    r_min, r_max = qrange(bits, mode)
+    if mode in ("free", "two_bound"):
+        low = -hi if mode == "two_bound" else lo
+        return round_ste((clip(x, low, hi) - low) / scale, rounding)
+    return torch.clamp(round_ste(x * (1.0 / scale), rounding) + offset, r_min, r_max)
+
+
+def dequantize(codes: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, mode: str
+               ) -> torch.Tensor:
+    """Real values of integer codes: inverse of :func:`quantize` on the grid."""
+    scale, offset = choose_qparams(lo, hi, bits, mode)
+    if mode in ("free", "two_bound"):
+        low = -hi if mode == "two_bound" else lo
+        return low + scale * codes
+    return scale * (codes - offset)
+
+
+def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                  mode: str = "free", rounding: str = "half_even") -> torch.Tensor:
+    """x_q = dequantize(quantize(x)) with straight-through gradients to x, l and u.
+
+    ``lo``/``hi`` broadcast against ``x`` (per-tensor: scalars; per-channel: shaped for the
+    channel axis, see :func:`channel_shape`).
+    """
+    if mode in ("free", "two_bound"):
+        low = -hi if mode == "two_bound" else lo
+        scale = (hi - low) / (2**bits - 1)
+        c = clip(x, low, hi)
+        return low + scale * round_ste((c - low) / scale, rounding)
+    scale, offset = choose_qparams(lo, hi, bits, mode)
+    r_min, r_max = qrange(bits, mode)
+    if mode == "integer":
+        offset = offset.detach()
+    # clip in the real domain so the clipped elements pass their gradient to the bound
+    low, high = scale * (r_min - offset), scale * (r_max - offset)
+    c = clip(x, low, high)
+    # multiply by 1/Δ as torch's fake_quantize kernels do (bit-identical ties)
+    return scale * (round_ste(c * (1.0 / scale) + offset, rounding) - offset)
+
+
+def channel_shape(x: torch.Tensor, axis: int | None) -> tuple[int, ...]:
+    """Shape that broadcasts a per-channel vector along ``axis`` of ``x`` (``()`` per-tensor)."""
+    if axis is None:
+        return ()
+    shape = [1] * x.dim()
+    shape[axis] = x.shape[axis]
+    return tuple(shape)
+
+
+def reduce_dims(x: torch.Tensor, axis: int | None) -> tuple[int, ...]:
+    """Dims to reduce for statistics: all (per-tensor) or all but ``axis`` (per-channel)."""
+    axis = None if axis is None else axis % x.dim()
+    return tuple(d for d in range(x.dim()) if d != axis)

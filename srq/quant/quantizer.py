@@ -1,0 +1,114 @@
+"""Stateful quantizer modules: a format, an observer, and (learnable) bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from srq.quant.observers import Observer, build_observer
+from srq.quant.primitives import ASYMMETRIC_MODES, MODES, ROUNDINGS, SYMMETRIC_MODES, fake_quantize
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """How one tensor is quantized.
+
+    ``bits``: 2–8 or 16. ``mode``: ``free``/``integer`` (asymmetric) or
+    ``two_bound``/``narrow``/``full`` (symmetric), see :mod:`srq.quant.primitives`.
+    ``axis``: None per-tensor, else the per-channel axis. ``observer``: how calibration sets
+    the bounds (``minmax``, ``ema_minmax``, ``moving_average``, ``percentile``, ``mse``) with
+    ``observer_args``.
+    """
+
+    bits: int
+    mode: str = "free"
+    axis: int | None = None
+    observer: str = "minmax"
+    observer_args: tuple[tuple[str, float], ...] = ()
+    rounding: str = "half_even"
+
+    def __post_init__(self):
+        if not (2 <= self.bits <= 8 or self.bits == 16):
+            raise ValueError(f"unsupported bit-width {self.bits}: srq quantizes to 2–8 or 16 bits")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"unknown rounding {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
+
+    @property
+    def symmetric(self) -> bool:
+        return self.mode in SYMMETRIC_MODES
+
+    def __str__(self) -> str:
+        gran = "per_tensor" if self.axis is None else f"per_channel({self.axis})"
+        return f"int{self.bits} {self.mode} {gran} {self.observer}"
+
+    def replace(self, **changes) -> "QuantFormat":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
+class UniformQuantizer(nn.Module):
+    """Fake-quantizes a tensor with bounds (l, u) set by calibration, optionally learnable.
+
+    States: ``observing`` (statistics only, output = input), ``enabled`` (fake-quantize),
+    neither (pass-through). ``lo``/``hi`` are parameters so later methods can learn them.
+    """
+
+    def __init__(self, fmt: QuantFormat):
+        super().__init__()
+        self.fmt = fmt
+        kwargs = dict(fmt.observer_args)
+        if fmt.observer == "mse":
+            kwargs.update(bits=fmt.bits, mode=fmt.mode)
+        self.observer: Observer = build_observer(fmt.observer, axis=fmt.axis,
+                                                 symmetric=fmt.symmetric, **kwargs)
+        self.lo = nn.Parameter(torch.tensor(0.0), requires_grad=False)
+        self.hi = nn.Parameter(torch.tensor(0.0), requires_grad=False)
+        self.observing = False
+        self.enabled = False
+        self.calibrated = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            return self.observer(x)
+        if not self.enabled:
+            return x
+        return fake_quantize(x, self.lo, self.hi, self.fmt.bits, self.fmt.mode, self.fmt.rounding)
+
+    @torch.no_grad()
+    def set_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Set (l, u), widening a zero range so Δ > 0 (a constant tensor stays exact)."""
+        lo, hi = lo.float(), hi.float()
+        if self.fmt.symmetric:
+            hi = torch.maximum(hi.abs(), -lo)
+            hi = torch.where(hi > 0, hi, torch.ones_like(hi))
+            lo = -hi
+        else:
+            flat = hi <= lo
+            pad = torch.where(lo.abs() > 0, lo.abs() * 1e-3, torch.ones_like(lo))
+            lo, hi = torch.where(flat, lo - pad, lo), torch.where(flat, hi + pad, hi)
+        self.lo = nn.Parameter(lo.clone(), requires_grad=self.lo.requires_grad)
+        self.hi = nn.Parameter(hi.clone(), requires_grad=self.hi.requires_grad)
+        self.calibrated = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Loading calibrated bounds (any shape) makes the quantizer calibrated and enabled."""
+        if prefix + "hi" in state_dict:
+            for key in ("lo", "hi"):
+                value = state_dict[prefix + key]
+                setattr(self, key, nn.Parameter(torch.empty_like(value), requires_grad=False))
+            self.calibrated = self.enabled = True
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def finish_calibration(self) -> None:
+        self.set_bounds(*self.observer.compute_bounds())
+
+    def extra_repr(self) -> str:
+        return f"{self.fmt}, enabled={self.enabled}"
+
+
+__all__ = ["QuantFormat", "UniformQuantizer", "ASYMMETRIC_MODES", "SYMMETRIC_MODES"]

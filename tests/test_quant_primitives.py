@@ -1,0 +1,134 @@
+"""Uniform quantizer maths against torch's reference kernels, hand-computed values,
+finite differences and properties (hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from srq.quant.primitives import (choose_qparams, dequantize, fake_quantize, qrange, quantize)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_int8_per_tensor_equals_torch(seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4096, generator=gen) * 3 + 0.7
+    lo, hi = x.min(), x.max()
+    scale, zp = choose_qparams(lo, hi, 8, "integer")
+    ref = torch.fake_quantize_per_tensor_affine(x, scale.item(), int(zp.item()), 0, 255)
+    assert torch.equal(fake_quantize(x, lo, hi, 8, "integer"), ref)
+
+
+@pytest.mark.parametrize("mode,qmin,qmax", [("full", -128, 127), ("narrow", -127, 127)])
+def test_int8_per_channel_symmetric_equals_torch(mode, qmin, qmax):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 16, 3, 3, generator=gen) * torch.rand(32, 1, 1, 1, generator=gen)
+    amax = w.abs().amax(dim=(1, 2, 3))
+    scale, _ = choose_qparams(None, amax, 8, mode)
+    ref = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(32, dtype=torch.int32),
+                                                 0, qmin, qmax)
+    assert torch.equal(fake_quantize(w, None, amax.view(32, 1, 1, 1), 8, mode), ref)
+
+
+def test_hand_computed_2bit_free():
+    """l = −1, u = 2, b = 2: Δ = 1, grid {−1, 0, 1, 2}."""
+    x = torch.tensor([-3.0, -1.0, -0.4, 0.5, 1.49, 1.51, 5.0])
+    # 0.5 is code t = 1.5, a tie → even code 2 → 1.0 (rounding acts on codes)
+    expected = torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0, 2.0, 2.0])
+    got = fake_quantize(x, torch.tensor(-1.0), torch.tensor(2.0), 2, "free")
+    assert torch.equal(got, expected)
+
+
+def test_hand_computed_3bit_two_bound():
+    """u = 3.5, b = 3: l = −3.5, Δ = 1, grid {−3.5, −2.5, …, 3.5} (0 is not on it)."""
+    x = torch.tensor([-9.0, -0.2, 0.2, 1.0, 3.4, 9.0])
+    expected = torch.tensor([-3.5, -0.5, 0.5, 0.5, 3.5, 3.5])  # 1.0 = 4.5 steps → even: 0.5
+    got = fake_quantize(x, None, torch.tensor(3.5), 3, "two_bound")
+    assert torch.equal(got, expected)
+    codes = quantize(x, None, torch.tensor(3.5), 3, "two_bound")
+    assert torch.equal(codes, torch.tensor([0.0, 3, 4, 4, 7, 7]))
+
+
+def test_hand_computed_4bit_narrow_and_full():
+    """u = 7: narrow Δ = 1, codes −7…7; full Δ = 7/7.5, codes −8…7."""
+    x = torch.tensor([-100.0, -7.0, 2.4, 100.0])
+    assert torch.equal(fake_quantize(x, None, torch.tensor(7.0), 4, "narrow"),
+                       torch.tensor([-7.0, -7.0, 2.0, 7.0]))
+    step = 7.0 / 7.5
+    got = fake_quantize(x, None, torch.tensor(7.0), 4, "full")
+    # −7/Δ = −7.5 ties to even (−8); 2.4/Δ = 2.57 → 3
+    assert torch.allclose(got, torch.tensor([-8.0, -8.0, 3.0, 7.0]) * step)
+    assert qrange(4, "full") == (-8, 7) and qrange(4, "narrow") == (-7, 7)
+
+
+def test_16_bit_is_nearly_lossless():
+    x = torch.linspace(-1, 1, 1001)
+    got = fake_quantize(x, torch.tensor(-1.0), torch.tensor(1.0), 16, "free")
+    assert (got - x).abs().max() <= 2 / (2**16 - 1) / 2 + 1e-7
+
+
+def test_bound_gradients_match_the_lsq_formula():
+    x = torch.tensor([-2.0, -0.3, 0.26, 0.9, 3.0])
+    lo = torch.tensor(-1.0, requires_grad=True)
+    hi = torch.tensor(1.0, requires_grad=True)
+    bits = 3
+    n = 2**bits - 1
+    fake_quantize(x, lo, hi, bits, "free").sum().backward()
+    delta = 2.0 / n
+    c = x.clamp(-1, 1)
+    t = (c + 1) / delta
+    r = torch.round(t)
+    inside = (x > -1) & (x < 1)
+    exp_hi = ((x >= 1).float() + torch.where(inside, (r - t) / n, torch.zeros_like(t))).sum()
+    exp_lo = ((x <= -1).float() - torch.where(inside, (r - t) / n, torch.zeros_like(t))).sum()
+    assert hi.grad.item() == pytest.approx(exp_hi.item(), abs=1e-6)
+    assert lo.grad.item() == pytest.approx(exp_lo.item(), abs=1e-6)
+
+
+def test_input_gradient_is_straight_through_inside_the_range():
+    x = torch.tensor([-2.0, -0.5, 0.1, 0.7, 2.0], requires_grad=True)
+    fake_quantize(x, torch.tensor(-1.0), torch.tensor(1.0), 4, "free").sum().backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 1, 1, 1, 0]))
+
+
+def test_bound_gradients_match_finite_differences_where_smooth():
+    """Clipped elements: x_q = u exactly, so ∂x_q/∂u = 1 (finite difference agrees)."""
+    x = torch.tensor([2.0, 3.0])
+    hi = torch.tensor(1.0, requires_grad=True)
+    fake_quantize(x, torch.tensor(-1.0), hi, 4, "free").sum().backward()
+    eps = 1e-3
+    up = fake_quantize(x, torch.tensor(-1.0), torch.tensor(1 + eps), 4, "free").sum()
+    down = fake_quantize(x, torch.tensor(-1.0), torch.tensor(1 - eps), 4, "free").sum()
+    assert hi.grad.item() == pytest.approx(((up - down) / (2 * eps)).item(), abs=1e-3)
+
+
+bits_st = st.sampled_from([2, 3, 4, 6, 8])
+mode_st = st.sampled_from(["free", "integer", "two_bound", "narrow", "full"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=bits_st, mode=mode_st, lo=st.floats(-50, -0.01), hi=st.floats(0.01, 50),
+       seed=st.integers(0, 10_000))
+def test_properties(bits, mode, lo, hi, seed):
+    gen = torch.Generator().manual_seed(seed)
+    lo_t, hi_t = torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+    x = (torch.rand(500, generator=gen, dtype=torch.float64) * 3 - 1.5) * max(-lo, hi)
+    xq = fake_quantize(x, lo_t, hi_t, bits, mode)
+    scale, offset = choose_qparams(lo_t, hi_t, bits, mode)
+    r_min, r_max = qrange(bits, mode)
+    low = dequantize(torch.tensor(float(r_min), dtype=torch.float64), lo_t, hi_t, bits, mode)
+    high = dequantize(torch.tensor(float(r_max), dtype=torch.float64), lo_t, hi_t, bits, mode)
+    inside = (x >= low) & (x <= high)
+    # round trip error ≤ Δ/2 inside the representable range
+    assert ((xq - x).abs()[inside] <= scale / 2 + 1e-9).all()
+    # clamping outside
+    assert torch.allclose(xq[x > high], high.expand_as(xq[x > high]))
+    assert torch.allclose(xq[x < low], low.expand_as(xq[x < low]))
+    # idempotence
+    assert torch.allclose(fake_quantize(xq, lo_t, hi_t, bits, mode), xq, atol=1e-9)
+    # codes are integers in range and dequantize to x_q
+    codes = quantize(x, lo_t, hi_t, bits, mode)
+    assert torch.equal(codes, codes.round()) and codes.min() >= r_min and codes.max() <= r_max
+    assert torch.allclose(dequantize(codes, lo_t, hi_t, bits, mode), xq, atol=1e-9)
