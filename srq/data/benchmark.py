@@ -112,7 +112,11 @@ def build_test_sets(data_cfg, scale: int) -> list[SRPairs]:
         return [folder_set(data_cfg.get("hr_dir"), scale, data_cfg.get("lr_dir"),
                            data_cfg.get("lr_suffix", ""), data_cfg.get("set_name", "folder"))]
     generate = bool(data_cfg.get("generate_lr", False))
-    return [benchmark_set(name, scale, generate) for name in data_cfg.sets]
+    sets = [benchmark_set(name, scale, generate) for name in data_cfg.sets]
+    skip = int(data_cfg.get("skip_first", 0) or 0)
+    for s in sets:  # e.g. the first images calibrate (calib=b100_head20), the rest evaluate
+        s.pairs = s.pairs[skip:]
+    return sets
 
 
 __all__ = ["BenchmarkDataModule", "SRPairs", "benchmark_set", "build_test_sets", "folder_set",

@@ -2,7 +2,9 @@
 
 Sources: ``t91`` (HR training images; an HR crop of ``patch·scale`` is MATLAB-bicubic
 downsampled to an LR patch, so even small images give patches at ×4), ``div2k_lr``
-(the DIV2K LR ×4 subset; LR crops taken directly), ``folder`` (any folder, HR or LR).
+(the DIV2K LR ×4 subset; LR crops taken directly), ``folder`` (any folder, HR or LR),
+``benchmark`` (the first N whole images of a benchmark set, for calibration/evaluation
+splits such as seed 000's 20/80 B100 split).
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from srq.data.images import imresize, list_images, read_image, to_float
 from srq.data.store import fetch_folder
 from srq.errors import SrqError
 
-CALIBRATION_SOURCES = ("t91", "div2k_lr", "folder")
+CALIBRATION_SOURCES = ("t91", "div2k_lr", "folder", "benchmark")
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Which LR patches to draw: ``num_patches`` of ``patch_size``² from ``source``."""
+    """Which LR patches to draw: ``num_patches`` of ``patch_size``² from ``source``.
+
+    ``benchmark``: the first ``num_patches`` whole LR images of benchmark set ``set_name``
+    (sorted by file name), e.g. seed 000's 20 B100 calibration images; evaluate on the rest
+    (``data=b100_coreai``), never on these.
+    """
 
     source: str = "t91"
     num_patches: int = 32
@@ -30,6 +37,7 @@ class CalibrationConfig:
     seed: int = 0
     folder: str | None = None
     folder_is_hr: bool = True
+    set_name: str = "B100"
 
     def __post_init__(self):
         if self.source not in CALIBRATION_SOURCES:
@@ -38,18 +46,32 @@ class CalibrationConfig:
         if self.source == "folder" and not self.folder:
             raise SrqError("calibration source 'folder' needs calib.folder=<dir>")
         if self.num_patches < 1 or self.patch_size < 1:
-            raise SrqError("calibration needs num_patches >= 1 and patch_size >= 1")
+            raise SrqError("the calibration set is empty: calib.num_patches and "
+                           "calib.patch_size must be at least 1")
 
 
 class CalibrationPatches(Dataset):
-    """``num_patches`` float LR patches (3, p, p) in [0, 1], drawn once with ``seed``.
+    """Float LR calibration inputs (3, p, p) in [0, 1], drawn once with ``seed``.
 
     For HR sources: image i uniformly among those with an HR side ≥ p·scale, a uniform
-    crop of p·scale, then MATLAB bicubic ×1/scale. For LR sources: a uniform p×p crop.
+    crop of p·scale, then MATLAB bicubic ×1/scale (the HR crop is kept in ``hr`` for
+    methods that need ground truth). For LR sources: a uniform p×p crop. For
+    ``benchmark``: whole LR images (sizes differ; ``patches`` is then unavailable).
     """
 
     def __init__(self, cfg: CalibrationConfig, scale: int):
         self.cfg, self.scale = cfg, scale
+        self.items: list[torch.Tensor] = []
+        self.hr: list[torch.Tensor] = []
+        if cfg.source == "benchmark":
+            from srq.data.benchmark import benchmark_set
+
+            pairs = benchmark_set(cfg.set_name, scale)
+            for i in range(min(cfg.num_patches, len(pairs))):
+                _, lr, hr = pairs[i]
+                self.items.append(to_float(lr))
+                self.hr.append(to_float(hr))
+            return
         if cfg.source == "t91":
             paths, is_hr = fetch_folder("calib/T91/"), True
         elif cfg.source == "div2k_lr":
@@ -63,7 +85,6 @@ class CalibrationPatches(Dataset):
             raise SrqError(f"no calibration image is at least {crop}x{crop} pixels; lower "
                            "calib.patch_size or use another calib.source")
         gen = torch.Generator().manual_seed(cfg.seed)
-        patches = []
         for _ in range(cfg.num_patches):
             img = usable[int(torch.randint(len(usable), (1,), generator=gen))]
             h, w = img.shape[-2:]
@@ -71,16 +92,35 @@ class CalibrationPatches(Dataset):
             x = int(torch.randint(w - crop + 1, (1,), generator=gen))
             patch = to_float(img[:, y:y + crop, x:x + crop])
             if is_hr:
+                self.hr.append(patch)
                 patch = imresize(patch, 1.0 / scale).clamp(0, 1)
                 patch = (patch * 255).round() / 255  # LR images are stored as uint8
-            patches.append(patch)
-        self.patches = torch.stack(patches)
+            self.items.append(patch)
+
+    @property
+    def patches(self) -> torch.Tensor:
+        """All inputs stacked (N, 3, p, p); only when they share one size."""
+        return torch.stack(self.items)
+
+    def batches(self, batch_size: int, with_hr: bool = False):
+        """Consecutive batches in a fixed order; whole images of different sizes go one by one."""
+        same_size = len({tuple(t.shape) for t in self.items}) == 1
+        step = batch_size if same_size else 1
+        for start in range(0, len(self.items), step):
+            lr = torch.stack(self.items[start:start + step])
+            if with_hr:
+                if not self.hr:
+                    raise SrqError(f"calibration source {self.cfg.source} has no HR images; "
+                                   "use calib=t91 (or a folder of HR images)")
+                yield lr, torch.stack(self.hr[start:start + step])
+            else:
+                yield lr
 
     def __len__(self) -> int:
-        return len(self.patches)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.patches[index]
+        return self.items[index]
 
 
 class CalibrationDataModule(L.LightningDataModule):
@@ -102,3 +142,7 @@ class CalibrationDataModule(L.LightningDataModule):
     def calibration_dataloader(self) -> DataLoader:
         """All patches in a fixed order (for statistics collection)."""
         return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
+
+    def batches(self, with_hr: bool = False):
+        self.setup()
+        return self.dataset.batches(self.batch_size, with_hr)

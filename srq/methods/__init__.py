@@ -44,8 +44,14 @@ def _uniform(cfg):
     return UniformPTQ(cfg)
 
 
+def _coreai(cfg):
+    from srq.methods.coreai import CoreAIFlow
+
+    return CoreAIFlow(cfg)
+
+
 METHODS: dict[str, Callable] = {"fp": FullPrecision, "minmax": _uniform, "ema_minmax": _uniform,
-                                "percentile": _uniform, "mse": _uniform}
+                                "percentile": _uniform, "mse": _uniform, "coreai": _coreai}
 
 
 def build_method(name: str, cfg=None):

@@ -22,7 +22,8 @@ def calibration_patches(cfg, scale: int) -> CalibrationPatches:
     c = cfg.calib
     return CalibrationPatches(CalibrationConfig(
         source=c.source, num_patches=c.num_patches, patch_size=c.patch_size, seed=c.seed,
-        folder=c.get("folder"), folder_is_hr=c.get("folder_is_hr", True)), scale)
+        folder=c.get("folder"), folder_is_hr=c.get("folder_is_hr", True),
+        set_name=c.get("set_name", "B100")), scale)
 
 
 def _format(part, bits: int | None, weight: bool) -> QuantFormat | None:
@@ -42,11 +43,11 @@ def spec_from_config(method_cfg, bits_cfg) -> QuantSpec:
                      layer_policy=method_cfg.layer_policy)
 
 
-def run_calibration(model: nn.Module, patches: torch.Tensor, batch_size: int) -> None:
+def run_calibration(model: nn.Module, calib: CalibrationPatches, batch_size: int) -> None:
     device = next(model.parameters()).device
     with calibration_mode(model), torch.no_grad():
-        for start in range(0, len(patches), batch_size):
-            model(patches[start:start + batch_size].to(device))
+        for batch in calib.batches(batch_size):
+            model(batch.to(device))
 
 
 class UniformPTQ:
@@ -62,16 +63,19 @@ class UniformPTQ:
         if run_cfg.bits.weight_bits is None and run_cfg.bits.act_bits is None:
             raise SrqError(f"method={self.cfg.name} needs a quantized bits= config (e.g. "
                            "bits=w8a8), not bits=fp32")
+        if run_cfg.bits.get("palettize", False):
+            raise SrqError(f"bits={run_cfg.bits.name} palettizes weights, which "
+                           f"method={self.cfg.name} does not do; use method=coreai")
         spec = spec_from_config(self.cfg, run_cfg.bits)
         start = time.perf_counter()
-        patches = calibration_patches(run_cfg, teacher.scale).patches
-        if len(patches) == 0:
+        calib = calibration_patches(run_cfg, teacher.scale)
+        if len(calib) == 0:
             raise SrqError("the calibration set is empty; raise calib.num_patches")
         student = copy.deepcopy(teacher)
         quantize(student, spec, include=list(self.cfg.include), exclude=list(self.cfg.exclude),
-                 example_input=patches[:1])
+                 example_input=calib[0][None])
         try:
-            run_calibration(student, patches, run_cfg.calib.batch_size)
+            run_calibration(student, calib, run_cfg.calib.batch_size)
         except (RuntimeError, FloatingPointError) as exc:
             raise SrqError(f"calibration failed: {exc}") from exc
         freeze(student)
@@ -80,5 +84,5 @@ class UniformPTQ:
                             info={"size_mb": quantized_size_mb(student),
                                   "quantization_map": quantization_map(student),
                                   "calibration": {"source": run_cfg.calib.source,
-                                                  "num_patches": len(patches),
+                                                  "num_patches": len(calib),
                                                   "patch_size": run_cfg.calib.patch_size}})

@@ -38,6 +38,7 @@ class QuantSpec:
     weight: QuantFormat | None
     input: QuantFormat | None
     layer_policy: str = "first_last_8bit"
+    output: QuantFormat | None = None
     edge_bits: int = 8
     matmul: bool = False
 
@@ -98,10 +99,13 @@ def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None
         if name in edges and spec.layer_policy == "first_last_8bit":
             weight_fmt = weight_fmt and weight_fmt.replace(bits=max(spec.edge_bits, weight_fmt.bits))
             input_fmt = input_fmt and input_fmt.replace(bits=max(spec.edge_bits, input_fmt.bits))
-        if weight_fmt is None and input_fmt is None:
+        output_fmt = spec.output
+        if weight_fmt is None and input_fmt is None and output_fmt is None:
             continue
         module = modules[name]
-        wrapper = WRAPPERS[type(module)](module, weight_fmt, input_fmt)
+        if getattr(module, "palette", None) is not None:
+            weight_fmt = None  # already palettized: its weight is fixed
+        wrapper = WRAPPERS[type(module)](module, weight_fmt, input_fmt, output_fmt)
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, wrapper)
     return model

@@ -17,7 +17,8 @@ class QuantModule(nn.Module):
 
     weight_axis = 0
 
-    def __init__(self, module: nn.Module, weight: QuantFormat | None, inputs: QuantFormat | None):
+    def __init__(self, module: nn.Module, weight: QuantFormat | None, inputs: QuantFormat | None,
+                 outputs: QuantFormat | None = None):
         super().__init__()
         self.module = module
         self.weight_quantizer = None
@@ -25,7 +26,12 @@ class QuantModule(nn.Module):
             fmt = weight if weight.axis is None else weight.replace(axis=self.weight_axis)
             self.weight_quantizer = UniformQuantizer(fmt)
         self.input_quantizer = UniformQuantizer(inputs) if inputs is not None else None
+        self.output_quantizer = UniformQuantizer(outputs) if outputs is not None else None
         self.register_buffer("frozen_weight", None)
+
+    def forward(self, x):
+        out = self.compute(self.quantized_input(x), self.quantized_weight())
+        return self.output_quantizer(out) if self.output_quantizer is not None else out
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "frozen_weight" in state_dict:
@@ -42,34 +48,41 @@ class QuantModule(nn.Module):
         return self.input_quantizer(x) if self.input_quantizer is not None else x
 
     def formats(self) -> dict[str, str | None]:
-        return {"weight": str(self.weight_quantizer.fmt) if self.weight_quantizer else None,
-                "input": str(self.input_quantizer.fmt) if self.input_quantizer else None}
+        out = {"weight": str(self.weight_quantizer.fmt) if self.weight_quantizer else None,
+               "input": str(self.input_quantizer.fmt) if self.input_quantizer else None}
+        palette = getattr(self.module, "palette", None)
+        if palette is not None:
+            lut = "int8 LUT" if palette.lut_scales is not None else "fp32 LUT"
+            out["weight"] = f"palettized {palette.spec.n_bits}-bit {palette.spec.granularity} {lut}"
+        if self.output_quantizer is not None:
+            out["output"] = str(self.output_quantizer.fmt)
+        return out
 
 
 class QuantConv2d(QuantModule):
-    def forward(self, x):
-        return self.module._conv_forward(self.quantized_input(x), self.quantized_weight(),
-                                         self.module.bias)
+    def compute(self, x, w):
+        return self.module._conv_forward(x, w, self.module.bias)
 
 
 class QuantConvTranspose2d(QuantModule):
     weight_axis = 1  # (in, out/groups, kh, kw): output channels are dim 1
 
-    def forward(self, x):
+    def compute(self, x, w):
         m = self.module
-        return F.conv_transpose2d(self.quantized_input(x), self.quantized_weight(), m.bias,
-                                  m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+        return F.conv_transpose2d(x, w, m.bias, m.stride, m.padding, m.output_padding,
+                                  m.groups, m.dilation)
 
 
 class QuantLinear(QuantModule):
-    def forward(self, x):
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.module.bias)
+    def compute(self, x, w):
+        return F.linear(x, w, self.module.bias)
 
 
 class QuantMatMul(nn.Module):
     """a @ b with both operands fake-quantized (attention's Q·Kᵀ and A·V)."""
 
-    def __init__(self, module: MatMul, weight: QuantFormat | None, inputs: QuantFormat | None):
+    def __init__(self, module: MatMul, weight: QuantFormat | None, inputs: QuantFormat | None,
+                 outputs: QuantFormat | None = None):
         super().__init__()
         self.module = module
         self.input_quantizer = UniformQuantizer(inputs) if inputs is not None else None

@@ -124,17 +124,23 @@ class MSEObserver(Observer):
     """Clipping by grid search: candidates (1 − i/N)·(l₀, u₀), i = 0…N−1 (N ≥ 100), pick the
     one minimising E(x − Q(x))² per batch (per channel), then EMA with β.
 
-    ``bits`` and ``mode`` are the format the bounds are for.
+    ``bits`` and ``mode`` are the format the bounds are for; per-tensor statistics larger
+    than ``max_samples`` elements are estimated on an evenly strided subset.
     """
 
     def __init__(self, axis=None, symmetric=False, bits: int = 8, mode: str = "free",
-                 candidates: int = 100, beta: float = 0.9):
+                 candidates: int = 100, beta: float = 0.9, max_samples: int = 1 << 18):
         super().__init__(axis, symmetric, beta=beta)
         if candidates < 2:
             raise ValueError("MSE search needs at least 2 candidates")
         self.bits, self.mode, self.candidates = bits, mode, candidates
+        self.max_samples = max_samples
 
     def _search(self, x, lo0, hi0):
+        if self.axis is None and x.numel() > self.max_samples:
+            # the error is estimated on an evenly strided subset (the extremes l₀, u₀ are
+            # still those of the whole tensor)
+            x = x.flatten()[:: -(-x.numel() // self.max_samples)]
         best_err = best_lo = best_hi = None
         dims = reduce_dims(x, self.axis)
         for i in range(self.candidates):

@@ -17,10 +17,10 @@ def fp32_size_mb(model: nn.Module) -> float:
 
 
 def _weight_bytes(module: nn.Module) -> tuple[float, int] | None:
-    """(bytes, parameter numel) of a wrapped module's quantized weight, or None if FP."""
+    """(bytes, parameter numel) of a module's palettized or quantized weight, None if FP."""
     palette = getattr(module, "palette", None)
     if palette is not None:
-        return palette.size_bytes(), module.module.weight.numel()
+        return palette.size_bytes(), module.weight.numel()
     wq = getattr(module, "weight_quantizer", None)
     if wq is None:
         return None
@@ -33,11 +33,11 @@ def _weight_bytes(module: nn.Module) -> tuple[float, int] | None:
 
 def quantized_size_mb(model: nn.Module) -> float:
     """Size with quantized/palettized weights at their bit-width, the rest FP32."""
-    from srq.quant.api import quantizers, wrapped_modules
+    from srq.quant.api import quantizers
 
     qparams = {id(p) for _, q in quantizers(model) for p in q.parameters()}
     total = 4 * sum(p.numel() for p in model.parameters() if id(p) not in qparams)
-    for _, module in wrapped_modules(model):
+    for module in model.modules():
         counted = _weight_bytes(module)
         if counted is not None:
             size, numel = counted
