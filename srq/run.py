@@ -16,7 +16,12 @@ from srq.loggers import finish_wandb, make_loggers
 from srq.methods import build_method
 from srq.models.zoo import build_model, count_params, get_spec
 from srq.quant.size import fp32_size_mb
-from srq.results import git_commit, write_csv_atomic, write_json_atomic, write_text_atomic
+from srq.results import (
+    git_commit,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
         if student is teacher:
             fp_metrics = metrics
         else:
-            fp_metrics, fp_records, _ = evaluate(teacher, sets, cfg, [], prefix="fp/")
+            fp_metrics, fp_records = _fp_reference(teacher, sets, cfg)
             fp_by_image = {(r["set"], r["image"]): r for r in fp_records}
             for rec in records:
                 rec["fp_psnr_y"] = fp_by_image[(rec["set"], rec["image"])]["psnr_y"]
@@ -90,6 +95,23 @@ def run(cfg: DictConfig) -> dict:
                  m["psnr_y"], m["ssim_y"], m["psnr_rgb"], m["n_images"])
     log.info("results: %s", run_dir / RESULTS)
     return results
+
+
+_FP_MEMO: dict[str, tuple[dict, list]] = {}
+
+
+def _fp_reference(teacher, sets, cfg):
+    """FP metrics of the teacher, computed once per process for the same model, checkpoint,
+    data and evaluation settings (a multirun sweep runs its jobs in one process)."""
+    key = OmegaConf.to_yaml(OmegaConf.create({
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "images": [[s.name, [p.name for p in s.pairs]] for s in sets]}))
+    if key not in _FP_MEMO:
+        metrics, records, _ = evaluate(teacher, sets, cfg, [], prefix="fp/")
+        _FP_MEMO[key] = (metrics, records)
+    return _FP_MEMO[key]
 
 
 def _sweep_group() -> str | None:

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import results_files, srq
 
 CONTRACT_KEYS = {"model", "scale", "method", "bits", "metrics", "fp_metrics", "time_s",
                  "model_size_mb", "params", "config", "git_commit", "seed"}
-
-
-def srq(args: list[str], cwd: Path, env_extra: dict | None = None, module: bool = False):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
-    env = {k: v for k, v in env.items() if v is not None}
-    cmd = [sys.executable, "-m", "srq"] if module else [shutil.which("srq") or "srq"]
-    return subprocess.run(cmd + args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
-
-
-def results_files(root: Path) -> list[Path]:
-    return sorted(root.glob("outputs/**/results.json"))
 
 
 def test_main_job_writes_the_contract(data_dir, tmp_path):

@@ -9,7 +9,11 @@ import torch
 
 from srq.data import store
 from srq.data.benchmark import benchmark_set, folder_set
-from srq.data.calibration import CalibrationConfig, CalibrationDataModule, CalibrationPatches
+from srq.data.calibration import (
+    CalibrationConfig,
+    CalibrationDataModule,
+    CalibrationPatches,
+)
 from srq.data.images import bicubic_downsample, read_image
 from srq.errors import SrqError
 from srq.lit.evaluate import evaluate_sets

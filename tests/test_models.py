@@ -12,7 +12,14 @@ from srq.data.benchmark import benchmark_set
 from srq.errors import SrqError
 from srq.lit.evaluate import evaluate_sets
 from srq.models.catalog import edsr_pytorch_keys
-from srq.models.zoo import MODELS, build_model, count_params, load_weights, model_names, read_state_dict
+from srq.models.zoo import (
+    MODELS,
+    build_model,
+    count_params,
+    load_weights,
+    model_names,
+    read_state_dict,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 PRETRAINED = [n for n in model_names() if MODELS[n].checkpoint and MODELS[n].checkpoint.store]

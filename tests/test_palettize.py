@@ -6,8 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from srq.quant.palettize import (PalettSpec, kmeans_1d, palettize, palettize_tensor,
-                                 quantize_lut)
+from srq.quant.palettize import (
+    PalettSpec,
+    kmeans_1d,
+    palettize,
+    palettize_tensor,
+    quantize_lut,
+)
 from srq.quant.size import quantized_size_mb
 
 

@@ -7,11 +7,23 @@ import torch
 from torch import nn
 
 from srq.models.zoo import build_model
-from srq.quant import (QuantFormat, QuantSpec, calibration_mode, freeze, quantization_map,
-                       quantize, quantizers)
+from srq.quant import (
+    QuantFormat,
+    QuantSpec,
+    calibration_mode,
+    freeze,
+    quantization_map,
+    quantize,
+    quantizers,
+)
 from srq.quant.modules import QuantConv2d
-from srq.quant.observers import (EMAMinMaxObserver, MinMaxObserver, MovingAverageMinMaxObserver,
-                                 MSEObserver, PercentileObserver)
+from srq.quant.observers import (
+    EMAMinMaxObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+)
 from srq.quant.size import fp32_size_mb, quantized_size_mb
 
 W8 = QuantFormat(8, "narrow", axis=0)

@@ -8,7 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srq.quant.primitives import (choose_qparams, dequantize, fake_quantize, qrange, quantize)
+from srq.quant.primitives import (
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    qrange,
+    quantize,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -34,14 +34,20 @@ class CoreAIFlow:
                            observer_args=(("averaging_constant", float(self.cfg.averaging_constant)),))
 
     def apply(self, teacher, context):
-        from srq.methods import MethodResult
-
         run_cfg = context["cfg"]
         bits = run_cfg.bits
         palettized = bool(bits.get("palettize", False))
         if bits.weight_bits is None and bits.act_bits is None:
             raise SrqError("method=coreai needs bits=w8a8, wp4 or wp4a8, not bits=fp32")
         start = time.perf_counter()
+        try:
+            return self._apply(teacher, run_cfg, bits, palettized, start)
+        except (ValueError, RuntimeError, FloatingPointError) as exc:
+            raise SrqError(f"method=coreai with bits={bits.name} failed: {exc}") from exc
+
+    def _apply(self, teacher, run_cfg, bits, palettized, start):
+        from srq.methods import MethodResult
+
         calib = calibration_patches(run_cfg, teacher.scale)
         student = copy.deepcopy(teacher)
         include, exclude = list(self.cfg.include), list(self.cfg.exclude)

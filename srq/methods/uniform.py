@@ -14,7 +14,14 @@ from torch import nn
 
 from srq.data.calibration import CalibrationConfig, CalibrationPatches
 from srq.errors import SrqError
-from srq.quant import QuantFormat, QuantSpec, calibration_mode, freeze, quantization_map, quantize
+from srq.quant import (
+    QuantFormat,
+    QuantSpec,
+    calibration_mode,
+    freeze,
+    quantization_map,
+    quantize,
+)
 from srq.quant.size import quantized_size_mb
 
 

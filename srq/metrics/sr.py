@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
 
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 

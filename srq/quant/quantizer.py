@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from srq.quant.observers import Observer, build_observer
-from srq.quant.primitives import ASYMMETRIC_MODES, MODES, ROUNDINGS, SYMMETRIC_MODES, fake_quantize
+from srq.quant.primitives import (
+    ASYMMETRIC_MODES,
+    MODES,
+    ROUNDINGS,
+    SYMMETRIC_MODES,
+    fake_quantize,
+)
 
 
 @dataclass(frozen=True)
