@@ -8,13 +8,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 
+def _natural(path: Path) -> list:
+    """Sort key: job directories ``2_x`` before ``10_x``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
 def collect(root: Path) -> list[dict]:
     rows = []
-    for path in sorted(root.rglob("results.json")):
+    for path in sorted(root.rglob("results.json"), key=_natural):
         res = json.loads(path.read_text())
         for set_name, m in res["metrics"].items():
             fp = res.get("fp_metrics", {}).get(set_name, {})

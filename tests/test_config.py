@@ -27,7 +27,8 @@ def test_default_config_has_the_contract_groups():
     assert cfg.model.name == "imdn_x4" and cfg.method.name == "fp" and cfg.bits.name == "fp32"
 
 
-@pytest.mark.parametrize("group", ["model", "method", "bits", "data", "trainer", "logger"])
+@pytest.mark.parametrize("group", ["model", "method", "bits", "data", "trainer", "logger",
+                                   "calib", "experiment"])
 def test_every_option_composes(group):
     for option in _options(group):
         overrides = [f"{group}={option}"]
@@ -50,3 +51,13 @@ def test_experiment_and_debug_compose():
     assert list(cfg.data.sets) == ["Set5", "Set14", "B100"]
     cfg = _compose(["debug=default"])
     assert cfg.eval.limit_images == 1 and cfg.logger.name == "none"
+
+
+def test_every_config_group_ships_with_the_package():
+    """`pip install .` (not editable) must carry every group folder as srq.conf.<group>."""
+    import tomllib
+
+    project = tomllib.loads((CONF.parent / "pyproject.toml").read_text())
+    packages = set(project["tool"]["setuptools"]["packages"])
+    groups = {p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("__")}
+    assert {f"srq.conf.{g}" for g in groups} <= packages
