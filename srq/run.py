@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> dict:
         }
         write_csv_atomic(run_dir / "per_image.csv", records)
         write_json_atomic(run_dir / RESULTS, results)
-        _log_tables(loggers, metrics, records)
+        _log_tables(loggers, metrics, records, results["quantization_map"])
     finally:
         finish_wandb()
     for set_name, m in metrics.items():
@@ -124,9 +124,13 @@ def _sweep_group() -> str | None:
     return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
 
 
-def _log_tables(loggers, metrics: dict, records: list[dict]) -> None:
+def _log_tables(loggers, metrics: dict, records: list[dict], qmap: dict) -> None:
     for logger in loggers:
         if hasattr(logger, "log_table"):
+            if qmap:
+                logger.log_table("quantization_map", columns=["module", "weight", "input", "output"],
+                                 data=[[name, f.get("weight"), f.get("input"), f.get("output")]
+                                       for name, f in qmap.items()])
             rows = [[s, m["psnr_y"], m["ssim_y"], m["psnr_rgb"], m["n_images"]]
                     for s, m in metrics.items()]
             logger.log_table("metrics", columns=["set", "psnr_y", "ssim_y", "psnr_rgb", "n_images"],
