@@ -138,3 +138,18 @@ def test_properties(bits, mode, lo, hi, seed):
     codes = quantize(x, lo_t, hi_t, bits, mode)
     assert torch.equal(codes, codes.round()) and codes.min() >= r_min and codes.max() <= r_max
     assert torch.allclose(dequantize(codes, lo_t, hi_t, bits, mode), xq, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=bits_st, mode=mode_st, seed=st.integers(0, 10_000),
+       per_channel=st.booleans())
+def test_inference_path_equals_the_differentiable_one(bits, mode, seed, per_channel):
+    from srq.quant.primitives import fake_quantize_inference
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 5, 4, generator=gen) * 3
+    shape = (6, 1, 1) if per_channel else ()
+    lo = -torch.rand(shape, generator=gen) * 4 - 0.1
+    hi = torch.rand(shape, generator=gen) * 4 + 0.1
+    assert torch.equal(fake_quantize_inference(x, lo, hi, bits, mode),
+                       fake_quantize(x, lo, hi, bits, mode))

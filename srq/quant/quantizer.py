@@ -14,6 +14,7 @@ from srq.quant.primitives import (
     ROUNDINGS,
     SYMMETRIC_MODES,
     fake_quantize,
+    fake_quantize_inference,
 )
 
 
@@ -83,6 +84,9 @@ class UniformQuantizer(nn.Module):
             return self.observer(x)
         if not self.enabled:
             return x
+        if self.fmt.rounding == "half_even" and not (torch.is_grad_enabled() and (
+                x.requires_grad or self.lo.requires_grad or self.hi.requires_grad)):
+            return fake_quantize_inference(x, self.lo, self.hi, self.fmt.bits, self.fmt.mode)
         return fake_quantize(x, self.lo, self.hi, self.fmt.bits, self.fmt.mode, self.fmt.rounding)
 
     @torch.no_grad()
