@@ -24,14 +24,13 @@ class SREvaluation(L.LightningModule):
 
     def __init__(self, model: nn.Module, scale: int, set_names: list[str], tile: int | None = None,
                  tile_overlap: int = 16, log_images: int = 0, image_crop: int = 128,
-                 limit_images: int | None = None, prefix: str = ""):
+                 prefix: str = ""):
         super().__init__()
         self.model = model
         self.scale = scale
         self.set_names = list(set_names)
         self.tile, self.tile_overlap = tile, tile_overlap
         self.log_images, self.image_crop = log_images, image_crop
-        self.limit_images = limit_images
         self.prefix = prefix
         self.records: list[dict] = []
         self.summary: dict[str, dict] = {}
@@ -47,8 +46,6 @@ class SREvaluation(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         name, lr, hr = batch
-        if self.limit_images is not None and batch_idx >= self.limit_images:
-            return
         sr = self(lr.float() / 255.0)
         values = sr_image_metrics(sr, hr, self.scale,
                                   y_output=getattr(self.model, "color", "rgb") != "rgb")
