@@ -179,3 +179,31 @@ def test_whole_model_pickle_is_read_without_its_class(tmp_path, zipfile):
     loaded = build_model("vdsr_x3", checkpoint=str(path))
     for key, value in original.net.state_dict().items():
         assert torch.equal(loaded.net.state_dict()[key], value)
+
+
+def test_official_checkpoint_download_records_unknown_sha256(monkeypatch, tmp_path):
+    """EDSR ×3 has only a hash prefix in its file name: the prefix is checked, the full hash
+    recorded on first download and enforced afterwards."""
+    import dataclasses
+    import hashlib
+
+    from srq.models import zoo
+
+    net = MODELS["edsr_baseline_x3"].build_net()
+    payload = tmp_path / "upstream.pt"
+    torch.save(net.state_dict(), payload)
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    spec = dataclasses.replace(MODELS["edsr_baseline_x3"], checkpoint=dataclasses.replace(
+        MODELS["edsr_baseline_x3"].checkpoint, url=payload.as_uri(), hash_prefix=digest[:8]))
+    monkeypatch.setitem(zoo.MODELS, "edsr_baseline_x3", spec)
+    monkeypatch.delenv("SRQ_DATA_DIR", raising=False)
+    monkeypatch.setenv("SRQ_CACHE", str(tmp_path / "cache"))
+    model = build_model("edsr_baseline_x3")
+    path = zoo.checkpoint_path(spec)
+    assert path.with_name(path.name + ".sha256").read_text().startswith(digest)
+    assert torch.equal(model.net.conv_first.weight, net.conv_first.weight)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(SrqError, match="changed since its sha256 was recorded"):
+        build_model("edsr_baseline_x3")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from srq.data import store
 from srq.errors import SrqError
 from srq.models.legacy import load_module_pickle
 from srq.models.wrapper import SRNet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,30 @@ def checkpoint_path(spec: ModelSpec) -> Path:
             store.download(ckpt.url, path, accepted, f"{spec.name} checkpoint")
     if ckpt.sha256:
         return store.verify(path, (ckpt.sha256,), f"{spec.name} checkpoint")
-    if ckpt.hash_prefix and not store.sha256_of(path).startswith(ckpt.hash_prefix):
+    digest = store.sha256_of(path)
+    if ckpt.hash_prefix and not digest.startswith(ckpt.hash_prefix):
         raise SrqError(
             f"sha256 of {path} does not start with {ckpt.hash_prefix} (the prefix in the official "
             "file name): the file is corrupt or not the official one; delete it to download again"
         )
+    _record_sha256(path, digest, spec.name)
     return path
+
+
+def _record_sha256(path: Path, digest: str, name: str) -> None:
+    """No full sha256 is published for this file: record the one seen first and say so;
+    later uses must match it."""
+    record = path.with_name(path.name + ".sha256")
+    if record.is_file():
+        if record.read_text().split()[0] != digest:
+            raise SrqError(f"{path} changed since its sha256 was recorded in {record}; delete both "
+                           "to download it again")
+        return
+    try:
+        record.write_text(f"{digest}  {path.name}\n")
+    except OSError:  # a read-only mirror: nothing to record in
+        pass
+    log.warning("no published sha256 for the %s checkpoint; recorded %s in %s", name, digest, record)
 
 
 def read_state_dict(path: str | Path, ckpt: Checkpoint | None = None) -> dict[str, torch.Tensor]:
