@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from srq.results import write_bench_report
 
 WORKER = r"""
 import json, resource, sys, time, torch
@@ -73,15 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                      "ms_per_image": 1000 * median / res["n_images"], **res})
         print(f"{name:18s} {median:8.2f} s  {rows[-1]['ms_per_image']:8.1f} ms/img  "
               f"peak RSS {res['peak_rss_mb']:7.0f} MB", flush=True)
-    report = {"set": args.set, "repeats": args.repeats, "machine": platform.platform(),
-              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    md = ["| model | median s | ms/image | peak RSS MB | device |", "|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['median_s']:.2f} | {r['ms_per_image']:.0f} | "
-           f"{r['peak_rss_mb']:.0f} | {r['device']} |" for r in rows]
-    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    write_bench_report(
+        args.out, {"set": args.set, "repeats": args.repeats, "rows": rows},
+        ["model", "median s", "ms/image", "peak RSS MB", "device"],
+        lambda r: [r["model"], f"{r['median_s']:.2f}", f"{r['ms_per_image']:.0f}",
+                   f"{r['peak_rss_mb']:.0f}", r["device"]])
     return 0
 
 

@@ -9,8 +9,6 @@ over Set5 alternated ``repeats`` times; medians and their ratio are reported (go
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from hydra import compose, initialize_config_module
 from srq.data.benchmark import benchmark_set
 from srq.methods import build_method
 from srq.models.zoo import build_model
+from srq.results import write_bench_report
 
 
 def _pass(model, images) -> float:
@@ -67,16 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model_name} {method_name} {bits}: FP {row['fp_median_s']:.2f} s, "
                       f"fake-quant {row['quant_median_s']:.2f} s ({row['ratio']:.2f}x), "
                       f"calibration {calibrate_s:.1f} s", flush=True)
-    report = {"set": args.set, "repeats": args.repeats, "threads": torch.get_num_threads(),
-              "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    md = ["| model | method | bits | FP s | fake-quant s | ratio | calibration s |",
-          "|---|---|---|---|---|---|---|"]
-    md += [f"| {r['model']} | {r['method']} | {r['bits']} | {r['fp_median_s']:.2f} | "
-           f"{r['quant_median_s']:.2f} | {r['ratio']:.2f} | {r['calibrate_s']:.1f} |" for r in rows]
-    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print(f"wrote {args.out}")
+    write_bench_report(
+        args.out, {"set": args.set, "repeats": args.repeats, "threads": torch.get_num_threads(),
+                   "rows": rows},
+        ["model", "method", "bits", "FP s", "fake-quant s", "ratio", "calibration s"],
+        lambda r: [r["model"], r["method"], r["bits"], f"{r['fp_median_s']:.2f}",
+                   f"{r['quant_median_s']:.2f}", f"{r['ratio']:.2f}", f"{r['calibrate_s']:.1f}"])
     return 0
 
 

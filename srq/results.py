@@ -58,3 +58,20 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_bench_report(out: str | Path, report: dict, columns: list[str], cells) -> Path:
+    """A benchmark's JSON (``report`` plus machine and date) at ``out`` and a markdown table
+    beside it (``out`` with ``.md``): ``cells(row)`` gives one table row per ``report["rows"]``."""
+    import platform
+    import time
+
+    out = Path(out)
+    report = {**report, "machine": platform.platform(), "python": platform.python_version(),
+              "date": time.strftime("%Y-%m-%d")}
+    write_json_atomic(out, report)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in report["rows"]]
+    write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return out
