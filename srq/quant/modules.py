@@ -1,4 +1,4 @@
-"""Quantized wrappers: the original module plus a weight and an input-activation quantizer."""
+"""Quantized wrappers: the original module plus weight, input and (optionally) output quantizers."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,6 @@ from torch import nn
 
 from srq.quant.observers import Observer, build_observer
 from srq.quant.primitives import (
-    ASYMMETRIC_MODES,
     MODES,
     ROUNDINGS,
     SYMMETRIC_MODES,
@@ -53,9 +53,7 @@ class QuantFormat:
         return f"int{self.bits} {self.mode} {gran} {self.observer}"
 
     def replace(self, **changes) -> "QuantFormat":
-        from dataclasses import replace
-
-        return replace(self, **changes)
+        return dataclasses.replace(self, **changes)
 
 
 class UniformQuantizer(nn.Module):
@@ -121,4 +119,4 @@ class UniformQuantizer(nn.Module):
         return f"{self.fmt}, enabled={self.enabled}"
 
 
-__all__ = ["QuantFormat", "UniformQuantizer", "ASYMMETRIC_MODES", "SYMMETRIC_MODES"]
+__all__ = ["QuantFormat", "UniformQuantizer"]
