@@ -75,9 +75,7 @@ class UniformPTQ:
                            f"method={self.cfg.name} does not do; use method=coreai")
         spec = spec_from_config(self.cfg, run_cfg.bits)
         start = time.perf_counter()
-        calib = calibration_patches(run_cfg, teacher.scale)
-        if len(calib) == 0:
-            raise SrqError("the calibration set is empty; raise calib.num_patches")
+        calib = calibration_patches(run_cfg, teacher.scale)  # never empty: see CalibrationConfig
         student = copy.deepcopy(teacher)
         quantize(student, spec, include=list(self.cfg.include), exclude=list(self.cfg.exclude),
                  example_input=calib[0][None])
