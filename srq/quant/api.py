@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from srq.quant.modules import WRAPPERS, QuantMatMul, QuantModule
-from srq.quant.quantizer import QuantFormat, UniformQuantizer
+from srq.quant.plq import PLQFormat
+from srq.quant.quantizer import QuantFormat, Quantizer
 
 LAYER_POLICIES = ("first_last_8bit", "first_last_fp", "all")
 
@@ -32,15 +33,19 @@ class QuantSpec:
     modules (None keeps that tensor FP). ``layer_policy``: the SR convention
     ``first_last_8bit`` (first and last layers at 8 bit, formats otherwise unchanged),
     ``first_last_fp`` (those two stay FP) or ``all``. ``matmul``: also quantize the inputs
-    of attention matmuls (``MatMul`` modules) with the ``input`` format.
+    of attention matmuls (``MatMul`` modules) with the ``input`` format. ``edge_weight`` /
+    ``edge_input``: formats for the first/last layers under ``first_last_8bit`` (default:
+    ``weight`` / ``input`` at ``edge_bits``; needed when ``input`` is not uniform).
     """
 
     weight: QuantFormat | None
-    input: QuantFormat | None
+    input: QuantFormat | PLQFormat | None
     layer_policy: str = "first_last_8bit"
     output: QuantFormat | None = None
     edge_bits: int = 8
     matmul: bool = False
+    edge_weight: QuantFormat | None = None
+    edge_input: QuantFormat | None = None
 
     def __post_init__(self):
         if self.layer_policy not in LAYER_POLICIES:
@@ -97,8 +102,10 @@ def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None
         if name in edges and spec.layer_policy == "first_last_fp":
             continue
         if name in edges and spec.layer_policy == "first_last_8bit":
-            weight_fmt = weight_fmt and weight_fmt.replace(bits=max(spec.edge_bits, weight_fmt.bits))
-            input_fmt = input_fmt and input_fmt.replace(bits=max(spec.edge_bits, input_fmt.bits))
+            weight_fmt = spec.edge_weight or (
+                weight_fmt and weight_fmt.replace(bits=max(spec.edge_bits, weight_fmt.bits)))
+            input_fmt = spec.edge_input or (
+                input_fmt and input_fmt.replace(bits=max(spec.edge_bits, input_fmt.bits)))
         output_fmt = spec.output
         if weight_fmt is None and input_fmt is None and output_fmt is None:
             continue
@@ -106,14 +113,15 @@ def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None
         if getattr(module, "palette", None) is not None:
             weight_fmt = None  # already palettized: its weight is fixed
         wrapper = WRAPPERS[type(module)](module, weight_fmt, input_fmt, output_fmt)
+        wrapper.is_edge = name in edges and spec.layer_policy != "all"
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, wrapper)
     return model
 
 
-def quantizers(model: nn.Module) -> Iterator[tuple[str, UniformQuantizer]]:
+def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
     for name, module in model.named_modules():
-        if isinstance(module, UniformQuantizer):
+        if isinstance(module, Quantizer):
             yield name, module
 
 
@@ -156,8 +164,8 @@ def calibration_mode(model: nn.Module):
 def freeze(model: nn.Module) -> nn.Module:
     """Fix everything: bounds become constants and each quantized weight is computed once."""
     for _, q in quantizers(model):
-        q.lo.requires_grad_(False)
-        q.hi.requires_grad_(False)
+        for p in q.learnable().values():
+            p.requires_grad_(False)
     for _, module in wrapped_modules(model):
         if isinstance(module, QuantModule) and module.weight_quantizer is not None:
             with torch.no_grad():

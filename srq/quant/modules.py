@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from srq.models.archs.common import MatMul
-from srq.quant.quantizer import QuantFormat, UniformQuantizer
+from srq.quant.plq import PiecewiseLinearQuantizer, PLQFormat
+from srq.quant.quantizer import QuantFormat, Quantizer, UniformQuantizer
+
+
+def build_quantizer(fmt: QuantFormat | PLQFormat) -> Quantizer:
+    """The quantizer module for a format (uniform or piecewise-linear)."""
+    if isinstance(fmt, PLQFormat):
+        return PiecewiseLinearQuantizer(fmt)
+    return UniformQuantizer(fmt)
 
 
 class QuantModule(nn.Module):
@@ -21,12 +29,13 @@ class QuantModule(nn.Module):
                  outputs: QuantFormat | None = None):
         super().__init__()
         self.module = module
+        self.is_edge = False  # first/last layer under the layer policy (set by quantize)
         self.weight_quantizer = None
         if weight is not None:
             fmt = weight if weight.axis is None else weight.replace(axis=self.weight_axis)
             self.weight_quantizer = UniformQuantizer(fmt)
-        self.input_quantizer = UniformQuantizer(inputs) if inputs is not None else None
-        self.output_quantizer = UniformQuantizer(outputs) if outputs is not None else None
+        self.input_quantizer = build_quantizer(inputs) if inputs is not None else None
+        self.output_quantizer = build_quantizer(outputs) if outputs is not None else None
         self.register_buffer("frozen_weight", None)
 
     def forward(self, x):
@@ -85,8 +94,9 @@ class QuantMatMul(nn.Module):
                  outputs: QuantFormat | None = None):
         super().__init__()
         self.module = module
-        self.input_quantizer = UniformQuantizer(inputs) if inputs is not None else None
-        self.other_quantizer = UniformQuantizer(inputs) if inputs is not None else None
+        self.is_edge = False
+        self.input_quantizer = build_quantizer(inputs) if inputs is not None else None
+        self.other_quantizer = build_quantizer(inputs) if inputs is not None else None
 
     def forward(self, a, b):
         if self.input_quantizer is not None:

@@ -56,16 +56,40 @@ class QuantFormat:
         return dataclasses.replace(self, **changes)
 
 
-class UniformQuantizer(nn.Module):
+class Quantizer(nn.Module):
+    """What every quantizer shares: a format, an ``observer`` with ``forward(x) -> x``,
+    ``compute_bounds()`` and a ``batches`` count, and three states: ``observing``
+    (statistics only, output = input), ``enabled`` (fake-quantize), neither (pass-through).
+    """
+
+    def __init__(self, fmt):
+        super().__init__()
+        self.fmt = fmt
+        self.observing = False
+        self.enabled = False
+        self.calibrated = False
+        self.register_buffer("eps", torch.tensor(0.0), persistent=False)
+
+    def finish_calibration(self) -> None:
+        raise NotImplementedError
+
+    def learnable(self) -> dict[str, nn.Parameter]:
+        """The bound parameters an optimizer may train, by name."""
+        raise NotImplementedError
+
+    def project_(self) -> None:
+        """Keep learned bounds valid after an optimizer step (METHODS.md §1.5)."""
+
+
+class UniformQuantizer(Quantizer):
     """Fake-quantizes a tensor with bounds (l, u) set by calibration, optionally learnable.
 
-    States: ``observing`` (statistics only, output = input), ``enabled`` (fake-quantize),
-    neither (pass-through). ``lo``/``hi`` are parameters so later methods can learn them.
+    ``lo``/``hi`` are parameters so later methods can learn them (symmetric formats use
+    ``hi`` only, l = −u).
     """
 
     def __init__(self, fmt: QuantFormat):
-        super().__init__()
-        self.fmt = fmt
+        super().__init__(fmt)
         kwargs = dict(fmt.observer_args)
         if fmt.observer == "mse":
             kwargs.update(bits=fmt.bits, mode=fmt.mode)
@@ -73,9 +97,6 @@ class UniformQuantizer(nn.Module):
                                                  symmetric=fmt.symmetric, **kwargs)
         self.lo = nn.Parameter(torch.tensor(0.0), requires_grad=False)
         self.hi = nn.Parameter(torch.tensor(0.0), requires_grad=False)
-        self.observing = False
-        self.enabled = False
-        self.calibrated = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
@@ -101,6 +122,7 @@ class UniformQuantizer(nn.Module):
             lo, hi = torch.where(flat, lo - pad, lo), torch.where(flat, hi + pad, hi)
         self.lo = nn.Parameter(lo.clone(), requires_grad=self.lo.requires_grad)
         self.hi = nn.Parameter(hi.clone(), requires_grad=self.hi.requires_grad)
+        self.eps = 1e-4 * (hi - lo).detach().clone()
         self.calibrated = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -111,12 +133,25 @@ class UniformQuantizer(nn.Module):
                 setattr(self, key, nn.Parameter(torch.empty_like(value), requires_grad=False))
             self.calibrated = self.enabled = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "hi" in state_dict:
+            self.eps = 1e-4 * (self.hi - self.lo).detach().clone()
 
     def finish_calibration(self) -> None:
         self.set_bounds(*self.observer.compute_bounds())
+
+    def learnable(self) -> dict[str, nn.Parameter]:
+        return {"hi": self.hi} if self.fmt.symmetric else {"lo": self.lo, "hi": self.hi}
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """u ≥ l + ε with ε = 10⁻⁴·(u₀ − l₀) (symmetric: u ≥ ε)."""
+        if self.fmt.symmetric:
+            self.hi.copy_(torch.maximum(self.hi, self.eps / 2))
+        else:
+            self.hi.copy_(torch.maximum(self.hi, self.lo + self.eps))
 
     def extra_repr(self) -> str:
         return f"{self.fmt}, enabled={self.enabled}"
 
 
-__all__ = ["QuantFormat", "UniformQuantizer"]
+__all__ = ["QuantFormat", "Quantizer", "UniformQuantizer"]
