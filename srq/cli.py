@@ -43,8 +43,10 @@ def _quiet_libraries() -> None:
 
 
 def _remove_failed_run_dir(run_dir: Path, results_name: str) -> None:
-    """A failed run leaves nothing behind: drop its Hydra dir if it holds no results."""
-    if run_dir.is_dir() and (run_dir / ".hydra").is_dir() and not (run_dir / results_name).exists():
+    """A failed run leaves nothing behind: drop its Hydra dir if it holds no results and no
+    fine-tuning checkpoint (that one stays for ``resume=<run dir>``)."""
+    if (run_dir.is_dir() and (run_dir / ".hydra").is_dir() and not (run_dir / results_name).exists()
+            and not (run_dir / "checkpoints").exists()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -58,9 +58,11 @@ def run(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
+    resume = resume_checkpoint(cfg)
     loggers = make_loggers(cfg.logger, run_dir, run_dir.name, _sweep_group(), config)
     try:
-        result = method.apply(teacher, context={"cfg": cfg, "spec": spec})
+        result = method.apply(teacher, context={"cfg": cfg, "spec": spec, "run_dir": run_dir,
+                                                "loggers": loggers, "resume": resume})
         student = result.student
         metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
         if student is teacher:
@@ -80,6 +82,7 @@ def run(cfg: DictConfig) -> dict:
             "params": count_params(teacher),
             "quantization_map": result.info.get("quantization_map", {}),
             "calibration": result.info.get("calibration"),
+            "finetune": result.info.get("finetune"),
             "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
                      "limit_images": cfg.eval.get("limit_images")},
             "device": str(next(student.parameters()).device),
@@ -95,6 +98,32 @@ def run(cfg: DictConfig) -> dict:
                  m["psnr_y"], m["ssim_y"], m["psnr_rgb"], m["n_images"])
     log.info("results: %s", run_dir / RESULTS)
     return results
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """``resume=<run dir>`` (or a ``.ckpt`` file) → the checkpoint fine-tuning restarts from.
+
+    The earlier run must be the same model, method, bits and seed; its checkpoint holds the
+    fine-tuned quantizer state, optimizers and epoch counter.
+    """
+    target = cfg.get("resume")
+    if not target:
+        return None
+    path = Path(str(target)).expanduser()
+    ckpt = path if path.suffix == ".ckpt" else path / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise SrqError(f"resume={target}: no checkpoint at {ckpt} (fine-tuning writes "
+                       "<run dir>/checkpoints/last.ckpt after each epoch)")
+    old_cfg = ckpt.parent.parent / "config.yaml"
+    if old_cfg.is_file():
+        old = OmegaConf.load(old_cfg)
+        keys = ("model.name", "method.name", "bits.name", "seed")
+        diff = [f"{k}: {OmegaConf.select(old, k)} → {OmegaConf.select(cfg, k)}" for k in keys
+                if OmegaConf.select(old, k) != OmegaConf.select(cfg, k)]
+        if diff:
+            raise SrqError(f"resume={target} was a different run ({'; '.join(diff)}); use the "
+                           "same model/method/bits/seed")
+    return str(ckpt)
 
 
 _FP_MEMO: dict[str, tuple[dict, list]] = {}

@@ -50,8 +50,16 @@ def _coreai(cfg):
     return CoreAIFlow(cfg)
 
 
+def _outlier(cfg):
+    from srq.methods.outlier import OutlierAwarePTQ
+
+    return OutlierAwarePTQ(cfg)
+
+
 METHODS: dict[str, Callable] = {"fp": FullPrecision, "minmax": _uniform, "ema_minmax": _uniform,
-                                "percentile": _uniform, "mse": _uniform, "coreai": _coreai}
+                                "percentile": _uniform, "mse": _uniform, "coreai": _coreai,
+                                "plq": _outlier, "plq_saft": _outlier, "saft": _outlier,
+                                "plq_vft": _outlier}
 
 
 def build_method(name: str, cfg=None):

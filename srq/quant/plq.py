@@ -165,9 +165,11 @@ class PiecewiseLinearQuantizer(Quantizer):
         self.set_bounds(*self.observer.compute_bounds())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        was_calibrated = self.calibrated
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "bp" in state_dict:
-            self.eps = 1e-4 * (self.ua - self.la).detach().clone()
+            if not was_calibrated:  # else: keep calibration's ε (a resumed fine-tune)
+                self.eps = 1e-4 * (self.ua - self.la).detach().clone()
             self.calibrated = self.enabled = True
 
     def learnable(self) -> dict[str, nn.Parameter]:

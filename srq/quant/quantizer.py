@@ -126,14 +126,17 @@ class UniformQuantizer(Quantizer):
         self.calibrated = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Loading calibrated bounds (any shape) makes the quantizer calibrated and enabled."""
+        """Loading calibrated bounds (any shape) makes the quantizer calibrated and enabled.
+        Bounds of the same shape load in place, so an optimizer holding them keeps working."""
+        was_calibrated = self.calibrated
         if prefix + "hi" in state_dict:
             for key in ("lo", "hi"):
                 value = state_dict[prefix + key]
-                setattr(self, key, nn.Parameter(torch.empty_like(value), requires_grad=False))
+                if getattr(self, key).shape != value.shape:
+                    setattr(self, key, nn.Parameter(torch.empty_like(value), requires_grad=False))
             self.calibrated = self.enabled = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if prefix + "hi" in state_dict:
+        if prefix + "hi" in state_dict and not was_calibrated:  # else: keep calibration's ε
             self.eps = 1e-4 * (self.hi - self.lo).detach().clone()
 
     def finish_calibration(self) -> None:

@@ -1,0 +1,159 @@
+"""Teacher/student fine-tuning of quantization parameters (LightningModule).
+
+A frozen FP **teacher** and a quantized **student**; only the parameters listed in
+``param_groups`` train, each group with its own Adam (so a group that sits out an epoch
+keeps its moments) and learning rate lr·γ^epoch (set at the start of each epoch, so a resumed
+run follows the same schedule). ``schedule`` says which groups
+train in which epoch (cycled: ``[["u_w"], ["l_a", "u_a"], ["bp"]]`` is SAFT's staged
+alternation). The objective is any :class:`srq.lit.losses.WeightedSum`; features of the
+layers it names are tapped on both networks every step. Quantizer bounds are projected back
+into their valid range after every step. Checkpoints hold the student, optimizers,
+and loop state, not the teacher.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+from srq.lit.losses import FeatureTaps, WeightedSum
+from srq.metrics.sr import sr_image_metrics
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A random permutation per epoch drawn from ``seed + epoch``: the order of epoch e is the
+    same whether training ran straight through or resumed from a checkpoint."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class DistillationModule(L.LightningModule):
+    """Fine-tune the student's ``param_groups`` to match the teacher under ``objective``."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, objective: WeightedSum,
+                 param_groups: dict[str, list[nn.Parameter]], schedule: list[list[str]],
+                 lr: float = 1e-3, gamma: float = 0.9, projections=(), scale: int = 4,
+                 feature_site: str = "output"):
+        super().__init__()
+        groups = {k: v for k, v in param_groups.items() if v}
+        if not groups:
+            raise ValueError("nothing to fine-tune: every parameter group is empty")
+        unknown = sorted({g for epoch in schedule for g in epoch} - set(param_groups))
+        if unknown:
+            raise ValueError(f"schedule names unknown parameter groups {unknown}; "
+                             f"known: {sorted(param_groups)}")
+        self.schedule = [[g for g in epoch if g in groups] for epoch in schedule]
+        self.group_names = list(groups)
+        self.teacher, self.student = teacher, student
+        self.teacher.requires_grad_(False)
+        self.student.requires_grad_(False)
+        for params in groups.values():
+            for p in params:
+                p.requires_grad_(True)
+        self._groups = groups
+        self.objective = objective
+        self.lr, self.gamma = lr, gamma
+        self.projections = list(projections)
+        self.scale = scale
+        self.feature_site = feature_site
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints leave the teacher out
+
+    def active_groups(self, epoch: int) -> list[str]:
+        return self.schedule[epoch % len(self.schedule)]
+
+    def _optimizers(self) -> list:
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def on_train_epoch_start(self) -> None:
+        self.teacher.eval()
+        self.student.eval()  # no dropout/BN in SR nets; quantizers behave the same
+        lr = self.lr * self.gamma ** self.current_epoch
+        for opt in self._optimizers():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def _forward_pair(self, x):
+        names = self.objective.tapped
+        with torch.no_grad(), FeatureTaps(self.teacher, names, self.feature_site) as t_taps:
+            out_t = self.teacher(x)
+        with FeatureTaps(self.student, names, self.feature_site) as s_taps:
+            out_s = self.student(x)
+        return out_s, out_t, s_taps.features, t_taps.features
+
+    def training_step(self, batch, batch_idx):
+        active = self.active_groups(self.current_epoch)
+        by_name = dict(zip(self.group_names, self._optimizers()))
+        out_s, out_t, fs, ft = self._forward_pair(batch)
+        loss = self.objective(out_s, out_t, fs, ft)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fine-tuning loss became {float(loss)} at epoch "
+                                     f"{self.current_epoch}, step {batch_idx}; lower method.finetune.lr")
+        if active:
+            for name in active:
+                by_name[name].zero_grad()
+            self.manual_backward(loss)
+            for name in active:
+                by_name[name].step()
+            for project in self.projections:
+                project()
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=batch.shape[0])
+        self.log("train/lr", self.lr * self.gamma ** self.current_epoch, on_step=False, on_epoch=True,
+                 batch_size=batch.shape[0])
+        for name, value in self.objective.parts.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch.shape[0])
+        return loss.detach()
+
+    def validation_step(self, batch, batch_idx):
+        """Y-PSNR of the student against the teacher's uint8 output (no HR needed)."""
+        with torch.no_grad():
+            reference = (self.teacher(batch).clamp(0, 1) * 255).round().to(torch.uint8)
+            psnr = sr_image_metrics(self.student(batch), reference, self.scale)["psnr_y"]
+        self.log("val/psnr_y_vs_fp", psnr.clamp(max=100).mean().float(), prog_bar=True,
+                 on_epoch=True, batch_size=batch.shape[0])
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self._groups[name], lr=self.lr) for name in self.group_names]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith("teacher.")}
+
+
+class AtomicLastCheckpoint(L.Callback):
+    """``<dir>/last.ckpt`` after every training epoch, written to a temporary file and
+    renamed, so an interruption never leaves a half-written checkpoint."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "last.ckpt"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".last.ckpt.{os.getpid()}.tmp"
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.path)
+
+
+__all__ = ["AtomicLastCheckpoint", "DistillationModule", "EpochSeededSampler"]

@@ -1,0 +1,156 @@
+"""Distillation losses as small composable objects and feature taps by module name.
+
+A loss is called as ``loss(out_s, out_t, feats_s, feats_t) -> scalar`` with the student's
+and teacher's outputs and their tapped features ({module name: tensor}).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+FEATURE_SITES = ("output", "input")
+
+
+class FeatureTaps:
+    """Forward hooks on the modules named ``names`` recording their output (or first input)
+    in ``features``; hooks are removed on exit (also on errors).
+
+        >>> with FeatureTaps(model, ["body.0.conv1"]) as taps:   # doctest: +SKIP
+        ...     model(x); f = taps.features["body.0.conv1"]
+    """
+
+    def __init__(self, model: nn.Module, names, site: str = "output"):
+        if site not in FEATURE_SITES:
+            raise ValueError(f"unknown feature site {site!r}; valid: {', '.join(FEATURE_SITES)}")
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise KeyError(f"no module named {', '.join(missing[:3])} in {type(model).__name__}")
+        self.model, self.names, self.site = model, list(names), site
+        self.modules = modules
+        self.features: dict[str, torch.Tensor] = {}
+        self._hooks = []
+
+    def __enter__(self) -> "FeatureTaps":
+        for name in self.names:
+            if self.site == "output":
+                hook = self.modules[name].register_forward_hook(
+                    lambda mod, args, out, name=name: self.features.__setitem__(name, out))
+            else:
+                hook = self.modules[name].register_forward_pre_hook(
+                    lambda mod, args, name=name: self.features.__setitem__(name, args[0]))
+            self._hooks.append(hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+class OutputL1:
+    """L_rec = mean |K(I) − Q(I)| (per-element mean, ``reduction='mean'``, or ``'sum'``)."""
+
+    def __init__(self, reduction: str = "mean"):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"unknown reduction {reduction!r}; valid: mean, sum")
+        self.reduction = reduction
+
+    def __call__(self, out_s, out_t, feats_s=None, feats_t=None) -> torch.Tensor:
+        diff = (out_s - out_t).abs()
+        return diff.mean() if self.reduction == "mean" else diff.sum()
+
+
+def _normalize(f: torch.Tensor, per_sample: bool) -> torch.Tensor:
+    flat = f.flatten(1) if per_sample else f.reshape(1, -1)
+    return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+class NormalizedFeatureLoss:
+    """L_feat = (1/K) Σ_k s_k ‖F̂_t^k − F̂_s^k‖₂ with F̂ = F/‖F‖₂.
+
+    ``weights``: {layer: s_k} (uniform 1 when None, the plain normalized feature loss);
+    ``norm``: ``per_sample`` (flatten each sample, norm of the difference, mean over the
+    batch) or ``per_batch`` (the whole batch tensor normalized at once).
+    """
+
+    def __init__(self, names, weights: dict[str, float] | None = None, norm: str = "per_sample"):
+        if norm not in ("per_sample", "per_batch"):
+            raise ValueError(f"unknown feature norm {norm!r}; valid: per_sample, per_batch")
+        self.names = list(names)
+        self.weights = weights or {n: 1.0 for n in self.names}
+        self.norm = norm
+
+    def __call__(self, out_s, out_t, feats_s, feats_t) -> torch.Tensor:
+        per_sample = self.norm == "per_sample"
+        total = 0.0
+        for name in self.names:
+            diff = _normalize(feats_t[name].detach(), per_sample) - _normalize(feats_s[name], per_sample)
+            total = total + self.weights[name] * diff.norm(dim=1).mean()
+        return total / len(self.names)
+
+
+class WeightedSum:
+    """Σ_i λ_i·loss_i; ``parts`` of the last call hold each term (for logging)."""
+
+    def __init__(self, terms: dict[str, tuple[float, Callable]]):
+        if not terms:
+            raise ValueError("a distillation objective needs at least one loss term")
+        self.terms = terms
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def __call__(self, out_s, out_t, feats_s, feats_t) -> torch.Tensor:
+        total = 0.0
+        self.parts = {}
+        for name, (weight, loss) in self.terms.items():
+            value = loss(out_s, out_t, feats_s, feats_t)
+            self.parts[name] = value.detach()
+            total = total + weight * value
+        return total
+
+    @property
+    def tapped(self) -> list[str]:
+        names: list[str] = []
+        for _, loss in self.terms.values():
+            names += [n for n in getattr(loss, "names", []) if n not in names]
+        return names
+
+
+def sensitivity_weights(sigmas: dict[str, float], temperature: float = 1.0) -> dict[str, float]:
+    """s_k = exp(σ̄_k/τ) / Σ_j exp(σ̄_j/τ) (softmax over layers)."""
+    values = torch.tensor(list(sigmas.values()), dtype=torch.float64) / temperature
+    s = torch.softmax(values, dim=0)
+    return {name: float(v) for name, v in zip(sigmas, s)}
+
+
+def entropy(weights: dict[str, float]) -> float:
+    """Shannon entropy (nats) of a weight distribution; log K when uniform."""
+    return -sum(w * math.log(w) for w in weights.values() if w > 0)
+
+
+@torch.no_grad()
+def feature_std(model: nn.Module, names, batches, site: str = "input") -> dict[str, float]:
+    """σ̄_k: over batches, the mean over samples of the std (over C, H, W) of layer k's
+    input (``site='input'``) or output."""
+    sums = {n: 0.0 for n in names}
+    count = 0
+    with FeatureTaps(model, names, site) as taps:
+        for batch in batches:
+            model(batch)
+            for n in names:
+                sums[n] += float(taps.features[n].flatten(1).std(dim=1).mean())
+            count += 1
+    if count == 0:
+        raise ValueError("sensitivity needs at least one calibration batch")
+    return {n: s / count for n, s in sums.items()}
+
+
+__all__ = ["FeatureTaps", "NormalizedFeatureLoss", "OutputL1", "WeightedSum", "entropy",
+           "feature_std", "sensitivity_weights"]
