@@ -5,8 +5,20 @@ import torch
 from torch import nn
 
 import srq.quant.plq as plq_mod
-from srq.quant import QuantFormat, QuantSpec, calibration_mode, freeze, quantization_map, quantize
-from srq.quant.plq import PiecewiseLinearQuantizer, PLQFormat, fake_quantize_plq, plq_codes
+from srq.quant import (
+    QuantFormat,
+    QuantSpec,
+    calibration_mode,
+    freeze,
+    quantization_map,
+    quantize,
+)
+from srq.quant.plq import (
+    PiecewiseLinearQuantizer,
+    PLQFormat,
+    fake_quantize_plq,
+    plq_codes,
+)
 
 LA, BP, UA = -8.0, 2.0, 10.0
 

@@ -18,7 +18,6 @@ import fnmatch
 import time
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
 from srq.data.calibration import CalibrationConfig, CalibrationPatches
@@ -33,7 +32,14 @@ from srq.lit.losses import (
     sensitivity_weights,
 )
 from srq.methods.uniform import run_calibration
-from srq.quant import QuantFormat, QuantSpec, freeze, quantization_map, quantize, wrapped_modules
+from srq.quant import (
+    QuantFormat,
+    QuantSpec,
+    freeze,
+    quantization_map,
+    quantize,
+    wrapped_modules,
+)
 from srq.quant.modules import QuantModule
 from srq.quant.plq import PiecewiseLinearQuantizer, PLQFormat
 from srq.quant.size import quantized_size_mb
