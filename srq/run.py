@@ -65,6 +65,7 @@ def run(cfg: DictConfig) -> dict:
                                                 "loggers": loggers, "resume": resume})
         student = result.student
         metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
+        warnings = output_warnings(student, sets, metrics)
         if student is teacher:
             fp_metrics = metrics
         else:
@@ -86,6 +87,7 @@ def run(cfg: DictConfig) -> dict:
             "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
                      "limit_images": cfg.eval.get("limit_images")},
             "device": str(next(student.parameters()).device),
+            "warnings": warnings,
             "config": config, "git_commit": git_commit(), "seed": cfg.seed,
         }
         write_csv_atomic(run_dir / "per_image.csv", records)
@@ -98,6 +100,27 @@ def run(cfg: DictConfig) -> dict:
                  m["psnr_y"], m["ssim_y"], m["psnr_rgb"], m["n_images"])
     log.info("results: %s", run_dir / RESULTS)
     return results
+
+
+def output_warnings(model, sets, metrics: dict) -> list[str]:
+    """Problems a number alone would hide: NaN metrics, or an output that has collapsed to
+    a (nearly) constant image (checked on the first image of the first set)."""
+    warnings = [f"{name}: {key} is NaN" for name, m in metrics.items() for key, v in m.items()
+                if isinstance(v, float) and v != v]
+    if sets and len(sets[0]):
+        _, lr, _ = sets[0][0]
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model((lr[None].float() / 255).to(device))
+        if not torch.isfinite(out).all():
+            warnings.append("the quantized model outputs NaN/inf")
+        elif float(out.clamp(0, 1).std()) < 1e-3:
+            warnings.append("the output collapsed to a constant image (std < 1e-3 on "
+                            f"{sets[0].name}/{sets[0].pairs[0].name}); the bit-width is too low "
+                            "for this method/model")
+    for w in warnings:
+        log.warning(w)
+    return warnings
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:

@@ -207,3 +207,23 @@ def test_official_checkpoint_download_records_unknown_sha256(monkeypatch, tmp_pa
     path.write_bytes(bytes(data))
     with pytest.raises(SrqError, match="changed since its sha256 was recorded"):
         build_model("edsr_baseline_x3")
+
+
+def test_swinir_matmul_modules_match_basicsr():
+    """Our attention forward with MatMul modules equals basicsr's own on the same weights."""
+    from basicsr.archs.swinir_arch import SwinIR
+
+    from srq.models.archs.swinir import swinir
+
+    kwargs = dict(upscale=2, in_chans=3, img_size=16, window_size=4, img_range=1.0, depths=[2, 2],
+                  embed_dim=12, num_heads=[2, 2], mlp_ratio=2, upsampler="pixelshuffledirect",
+                  resi_connection="1conv")
+    torch.manual_seed(0)
+    reference = SwinIR(**kwargs).eval()
+    ours = swinir(**kwargs).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    names = [n for n, m in ours.named_modules() if type(m).__name__ == "MatMul"]
+    assert len(names) == 2 * 4 and names[0].endswith("attn.matmul_qk")
+    x = torch.rand(1, 3, 16, 16)  # 4×4 windows, shifted blocks use the mask
+    with torch.no_grad():
+        assert torch.allclose(ours(x), reference(x), atol=1e-6)

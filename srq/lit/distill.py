@@ -2,8 +2,9 @@
 
 A frozen FP **teacher** and a quantized **student**; only the parameters listed in
 ``param_groups`` train, each group with its own Adam (so a group that sits out an epoch
-keeps its moments) and learning rate lr·γ^epoch (set at the start of each epoch, so a resumed
-run follows the same schedule). ``schedule`` says which groups
+keeps its moments); the learning rate is a pure function of (epoch, step) — ``lr_schedule``
+``exponential`` lr·γ^epoch, ``cosine`` over ``total_steps`` or ``constant`` — set before
+every step, so a resumed run follows the same schedule. ``schedule`` says which groups
 train in which epoch (cycled: ``[["u_w"], ["l_a", "u_a"], ["bp"]]`` is SAFT's staged
 alternation). The objective is any :class:`srq.lit.losses.WeightedSum`; features of the
 layers it names are tapped on both networks every step. Quantizer bounds are projected back
@@ -13,6 +14,7 @@ and loop state, not the teacher.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from torch.utils.data import Sampler
 
 from srq.lit.losses import FeatureTaps, WeightedSum
 from srq.metrics.sr import sr_image_metrics
+
+LR_SCHEDULES = ("exponential", "cosine", "constant")
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -49,8 +53,13 @@ class DistillationModule(L.LightningModule):
     def __init__(self, teacher: nn.Module, student: nn.Module, objective: WeightedSum,
                  param_groups: dict[str, list[nn.Parameter]], schedule: list[list[str]],
                  lr: float = 1e-3, gamma: float = 0.9, projections=(), scale: int = 4,
-                 feature_site: str = "output"):
+                 feature_site: str = "output", lr_schedule: str = "exponential",
+                 total_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.999)):
         super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if lr_schedule == "cosine" and not total_steps:
+            raise ValueError("the cosine schedule needs total_steps")
         groups = {k: v for k, v in param_groups.items() if v}
         if not groups:
             raise ValueError("nothing to fine-tune: every parameter group is empty")
@@ -68,7 +77,8 @@ class DistillationModule(L.LightningModule):
                 p.requires_grad_(True)
         self._groups = groups
         self.objective = objective
-        self.lr, self.gamma = lr, gamma
+        self.lr, self.gamma, self.betas = lr, gamma, tuple(betas)
+        self.lr_schedule, self.total_steps = lr_schedule, total_steps
         self.projections = list(projections)
         self.scale = scale
         self.feature_site = feature_site
@@ -82,10 +92,19 @@ class DistillationModule(L.LightningModule):
         optimizers = self.optimizers()
         return optimizers if isinstance(optimizers, list) else [optimizers]
 
+    def lr_at(self, epoch: int, step: int) -> float:
+        if self.lr_schedule == "exponential":
+            return self.lr * self.gamma**epoch
+        if self.lr_schedule == "cosine":
+            return 0.5 * self.lr * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        return self.lr
+
     def on_train_epoch_start(self) -> None:
         self.teacher.eval()
         self.student.eval()  # no dropout/BN in SR nets; quantizers behave the same
-        lr = self.lr * self.gamma ** self.current_epoch
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        lr = self.lr_at(self.current_epoch, self.global_step)
         for opt in self._optimizers():
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -116,7 +135,7 @@ class DistillationModule(L.LightningModule):
                 project()
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=batch.shape[0])
-        self.log("train/lr", self.lr * self.gamma ** self.current_epoch, on_step=False, on_epoch=True,
+        self.log("train/lr", self.lr_at(self.current_epoch, self.global_step), on_step=False, on_epoch=True,
                  batch_size=batch.shape[0])
         for name, value in self.objective.parts.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch.shape[0])
@@ -131,7 +150,8 @@ class DistillationModule(L.LightningModule):
                  on_epoch=True, batch_size=batch.shape[0])
 
     def configure_optimizers(self):
-        return [torch.optim.Adam(self._groups[name], lr=self.lr) for name in self.group_names]
+        return [torch.optim.Adam(self._groups[name], lr=self.lr, betas=self.betas)
+                for name in self.group_names]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()

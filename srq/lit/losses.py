@@ -73,28 +73,44 @@ def _normalize(f: torch.Tensor, per_sample: bool) -> torch.Tensor:
     return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-class NormalizedFeatureLoss:
-    """L_feat = (1/K) Σ_k s_k ‖F̂_t^k − F̂_s^k‖₂ with F̂ = F/‖F‖₂.
+DISTANCES = ("l2", "l2_per_element", "squared_per_element")
 
-    ``weights``: {layer: s_k} (uniform 1 when None, the plain normalized feature loss);
-    ``norm``: ``per_sample`` (flatten each sample, norm of the difference, mean over the
-    batch) or ``per_batch`` (the whole batch tensor normalized at once).
+
+class NormalizedFeatureLoss:
+    """L_feat = R_k s_k·d(F̂_t^k, F̂_s^k) with F̂ = F/‖F‖₂ (teacher side detached).
+
+    ``weights``: {layer: s_k} (1 when None); ``norm``: ``per_sample`` (flatten each sample,
+    distance per sample, mean over the batch) or ``per_batch`` (the whole batch tensor
+    normalized at once); ``distance`` d: ``l2`` ‖F̂_t − F̂_s‖₂ (SAFT), ``l2_per_element``
+    ‖·‖₂/(C·H·W) or ``squared_per_element`` ‖·‖₂²/(C·H·W) (2DQuant's L_F, its two readings);
+    ``layer_reduce`` R: ``mean`` (1/K Σ_k, SAFT) or ``sum`` (2DQuant).
     """
 
-    def __init__(self, names, weights: dict[str, float] | None = None, norm: str = "per_sample"):
+    def __init__(self, names, weights: dict[str, float] | None = None, norm: str = "per_sample",
+                 distance: str = "l2", layer_reduce: str = "mean"):
         if norm not in ("per_sample", "per_batch"):
             raise ValueError(f"unknown feature norm {norm!r}; valid: per_sample, per_batch")
+        if distance not in DISTANCES:
+            raise ValueError(f"unknown feature distance {distance!r}; valid: {', '.join(DISTANCES)}")
+        if layer_reduce not in ("mean", "sum"):
+            raise ValueError(f"unknown layer_reduce {layer_reduce!r}; valid: mean, sum")
         self.names = list(names)
         self.weights = weights or {n: 1.0 for n in self.names}
-        self.norm = norm
+        self.norm, self.distance, self.layer_reduce = norm, distance, layer_reduce
 
     def __call__(self, out_s, out_t, feats_s, feats_t) -> torch.Tensor:
         per_sample = self.norm == "per_sample"
         total = 0.0
         for name in self.names:
             diff = _normalize(feats_t[name].detach(), per_sample) - _normalize(feats_s[name], per_sample)
-            total = total + self.weights[name] * diff.norm(dim=1).mean()
-        return total / len(self.names)
+            if self.distance == "l2":
+                d = diff.norm(dim=1)
+            elif self.distance == "l2_per_element":
+                d = diff.norm(dim=1) / diff.shape[1]
+            else:
+                d = diff.pow(2).mean(dim=1)
+            total = total + self.weights[name] * d.mean()
+        return total / len(self.names) if self.layer_reduce == "mean" else total
 
 
 class WeightedSum:

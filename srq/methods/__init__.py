@@ -56,10 +56,23 @@ def _outlier(cfg):
     return OutlierAwarePTQ(cfg)
 
 
+def _dobi(cfg):
+    from srq.methods.dobi import DOBIInit
+
+    return DOBIInit(cfg)
+
+
+def _2dquant(cfg):
+    from srq.methods.dqc import TwoDQuant
+
+    return TwoDQuant(cfg)
+
+
 METHODS: dict[str, Callable] = {"fp": FullPrecision, "minmax": _uniform, "ema_minmax": _uniform,
                                 "percentile": _uniform, "mse": _uniform, "coreai": _coreai,
                                 "plq": _outlier, "plq_saft": _outlier, "saft": _outlier,
-                                "plq_vft": _outlier}
+                                "plq_vft": _outlier, "dobi": _dobi, "2dquant": _2dquant,
+                                "2dquant_paper": _2dquant, "2dquant_code": _2dquant}
 
 
 def build_method(name: str, cfg=None):

@@ -193,7 +193,7 @@ for _scale, _sha in _SWINIR_S.items():
     _file = f"002_lightweightSR_DIV2K_s64w8_SwinIR-S_x{_scale}"
     register(ModelSpec(
         name=f"swinir_s_x{_scale}", arch="swinir_s", scale=_scale,
-        builder="basicsr.archs.swinir_arch:SwinIR", scale_arg="upscale",
+        builder="srq.models.archs.swinir:swinir", scale_arg="upscale",
         kwargs=dict(in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6] * 4,
                     embed_dim=60, num_heads=[6] * 4, mlp_ratio=2,
                     upsampler="pixelshuffledirect", resi_connection="1conv"),
@@ -202,3 +202,13 @@ for _scale, _sha in _SWINIR_S.items():
                               mirror=f"weights/SwinIR/{_file}.pth", container="params"),
         published_psnr=_by_scale({"Set5": (38.14, 34.62, 32.44)}, _scale),
     ))
+
+# --- Feature blocks: where distillation losses tap "block outputs" (one '*' = one name part) --
+FEATURE_BLOCKS: dict[str, tuple[str, ...]] = {
+    "imdn": ("net.IMDB*",), "rfdn": ("net.B*",), "pan": ("net.SCPA_trunk.*",),
+    "carn_m": ("net.b*",), "imdtn": ("net.IMDTB*",), "lmlt_tiny": ("net.feats.*",),
+    "lbnet_t": ("net.r*",), "craft": ("net.layers.*",),
+    "swinir_s": ("net.layers.*.residual_group",),  # 2DQuant's sites: each RSTB's BasicLayer
+    "edsr": ("net.body.*",), "edsr_baseline": ("net.body.*",), "rdn": ("net.rdbs.*",),
+    "srresnet": ("net.body.*",),
+}

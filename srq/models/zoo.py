@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import importlib
 import logging
@@ -92,6 +93,18 @@ def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
         raise SrqError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
     return MODELS[name]
+
+
+def feature_blocks(model: nn.Module, arch: str) -> list[str]:
+    """Names of ``model``'s feature blocks (``catalog.FEATURE_BLOCKS[arch]``; a glob matches
+    one dotted name part per part, so ``net.body.*`` is each direct child of ``net.body``)."""
+    _load_catalog()
+    from srq.models.catalog import FEATURE_BLOCKS
+
+    patterns = [p.split(".") for p in FEATURE_BLOCKS.get(arch, ())]
+    return [name for name, _ in model.named_modules()
+            if any(len(parts := name.split(".")) == len(p)
+                   and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, p)) for p in patterns)]
 
 
 @functools.lru_cache(maxsize=1)

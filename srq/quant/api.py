@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from srq.quant.modules import WRAPPERS, QuantMatMul, QuantModule
+from srq.quant.modules import WRAPPERS, QuantMatMul, QuantModule, build_quantizer
 from srq.quant.plq import PLQFormat
 from srq.quant.quantizer import QuantFormat, Quantizer
 
@@ -46,6 +46,7 @@ class QuantSpec:
     matmul: bool = False
     edge_weight: QuantFormat | None = None
     edge_input: QuantFormat | None = None
+    input_overrides: tuple = ()
 
     def __post_init__(self):
         if self.layer_policy not in LAYER_POLICIES:
@@ -113,6 +114,9 @@ def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None
         if getattr(module, "palette", None) is not None:
             weight_fmt = None  # already palettized: its weight is fixed
         wrapper = WRAPPERS[type(module)](module, weight_fmt, input_fmt, output_fmt)
+        override = next((f for glob, f in spec.input_overrides if fnmatch.fnmatchcase(name, glob)), None)
+        if override is not None and wrapper.input_quantizer is not None:
+            wrapper.input_quantizer = build_quantizer(override)
         wrapper.is_edge = name in edges and spec.layer_policy != "all"
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, wrapper)

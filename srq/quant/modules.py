@@ -104,8 +104,10 @@ class QuantMatMul(nn.Module):
         return self.module(a, b)
 
     def formats(self) -> dict[str, str | None]:
-        fmt = str(self.input_quantizer.fmt) if self.input_quantizer else None
-        return {"weight": None, "input": fmt, "other": fmt}
+        if self.input_quantizer is None:
+            return {"weight": None, "input": None, "other": None}
+        return {"weight": None, "input": str(self.input_quantizer.fmt),
+                "other": str(self.other_quantizer.fmt)}
 
 
 WRAPPERS: dict[type, type] = {

@@ -170,6 +170,41 @@ class MSEObserver(Observer):
         return self._search(x, -amax, amax)[1]
 
 
+class DOBIObserver(Observer):
+    """DOBI (METHODS.md §5.3): per batch, the best of ``candidates`` narrowed (l, u) by
+    quantization MSE at ``bits`` (see :func:`srq.quant.dobi.dobi_search`); over several
+    batches the bounds are averaged (one batch: exactly DOBI). Per-channel: one search per
+    channel."""
+
+    def __init__(self, axis=None, symmetric=False, bits: int = 8, mode: str = "free",
+                 candidates: int = 100, one_sided: bool = False, step: str = "half",
+                 include_last: bool = False, tie: str = "first", max_samples: int = 1 << 22):
+        super().__init__(axis, symmetric, beta=None)
+        if symmetric:
+            raise ValueError("DOBI searches two free bounds: use mode free (Q-range)")
+        self.bits, self.candidates, self.one_sided = bits, candidates, one_sided
+        self.step, self.include_last, self.tie, self.max_samples = step, include_last, tie, max_samples
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from srq.quant.dobi import dobi_search
+
+        rows = _channel_rows(x.detach().float(), self.axis)
+        found = [dobi_search(r, self.bits, self.candidates, self.one_sided, self.step,
+                             self.include_last, self.tie, self.max_samples)[:2] for r in rows]
+        shape = channel_shape(x, self.axis)
+        lo = torch.stack([f[0] for f in found]).reshape(shape)
+        hi = torch.stack([f[1] for f in found]).reshape(shape)
+        k = int(self.batches)
+        if k == 0:
+            self.lo, self.hi = lo, hi
+        else:
+            self.lo = (self.lo * k + lo) / (k + 1)
+            self.hi = (self.hi * k + hi) / (k + 1)
+        self.batches += 1
+        return x
+
+
 def _channel_rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     """(C, rest) view: one row per channel (one row per-tensor)."""
     if axis is None:
@@ -183,6 +218,7 @@ OBSERVERS = {
     "moving_average": MovingAverageMinMaxObserver,
     "percentile": PercentileObserver,
     "mse": MSEObserver,
+    "dobi": DOBIObserver,
 }
 
 

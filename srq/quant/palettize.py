@@ -22,7 +22,8 @@ GRANULARITIES = ("per_tensor", "per_channel", "per_grouped_channel")
 @dataclass(frozen=True)
 class PalettSpec:
     """``n_bits`` ∈ {2, 3, 4, 6, 8}; ``granularity`` and ``group_size`` choose the LUTs;
-    ``lut_bits``: 8 (int8 LUT) or None (FP32 LUT); tensors below ``min_numel`` stay FP."""
+    ``lut_bits``: 8 (int8 LUT) or None (FP32 LUT); tensors below ``min_numel`` stay FP;
+    ``seed`` is mixed into each tensor's k-means++ seed (0: the default clustering)."""
 
     n_bits: int = 4
     granularity: str = "per_tensor"
@@ -31,6 +32,7 @@ class PalettSpec:
     min_numel: int = 1024
     max_iter: int = 300
     tol: float = 1e-6
+    seed: int = 0
 
     def __post_init__(self):
         if self.n_bits not in (2, 3, 4, 6, 8):
@@ -49,7 +51,8 @@ def _content_seed(x: torch.Tensor) -> int:
 
 
 def kmeans_1d(values: torch.Tensor, k: int, weights: torch.Tensor | None = None,
-              max_iter: int = 300, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+              max_iter: int = 300, tol: float = 1e-6, seed: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted 1-D k-means (k-means++ seeding, Lloyd steps) → (sorted centroids, indices).
 
     Minimises Σ_i h_i (x_i − c_{a(i)})² with h = ``weights`` (1 when None). With fewer
@@ -61,7 +64,7 @@ def kmeans_1d(values: torch.Tensor, k: int, weights: torch.Tensor | None = None,
     if len(distinct) <= k:
         centroids = distinct
     else:
-        gen = torch.Generator().manual_seed(_content_seed(values))
+        gen = torch.Generator().manual_seed((_content_seed(values) + seed) & ((1 << 63) - 1))
         centroids = x[torch.randint(len(x), (1,), generator=gen)]
         for _ in range(k - 1):
             d2 = (x[:, None] - centroids[None, :]).pow(2).amin(dim=1) * h
@@ -147,7 +150,7 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettSpec, axis: int = 0,
     for g in range(channels // per_group):
         rows = slice(g * per_group, (g + 1) * per_group)
         centroids, idx = kmeans_1d(w[rows], k, None if h is None else h[rows],
-                                   spec.max_iter, spec.tol)
+                                   spec.max_iter, spec.tol, spec.seed)
         if spec.lut_bits == 8:
             centroids, scale = quantize_lut(centroids)
             scales.append(scale)

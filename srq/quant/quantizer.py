@@ -50,7 +50,8 @@ class QuantFormat:
 
     def __str__(self) -> str:
         gran = "per_tensor" if self.axis is None else f"per_channel({self.axis})"
-        return f"int{self.bits} {self.mode} {gran} {self.observer}"
+        one_sided = " one-sided" if dict(self.observer_args).get("one_sided") else ""
+        return f"int{self.bits} {self.mode} {gran} {self.observer}{one_sided}"
 
     def replace(self, **changes) -> "QuantFormat":
         return dataclasses.replace(self, **changes)
@@ -91,7 +92,7 @@ class UniformQuantizer(Quantizer):
     def __init__(self, fmt: QuantFormat):
         super().__init__(fmt)
         kwargs = dict(fmt.observer_args)
-        if fmt.observer == "mse":
+        if fmt.observer in ("mse", "dobi"):
             kwargs.update(bits=fmt.bits, mode=fmt.mode)
         self.observer: Observer = build_observer(fmt.observer, axis=fmt.axis,
                                                  symmetric=fmt.symmetric, **kwargs)

@@ -1,0 +1,90 @@
+"""Where a PTQ result loses PSNR: weights vs activations, and each activation quantizer alone.
+
+    python scripts/quant_loss_breakdown.py --model imdn_x4 --method minmax --bits w8a8 --top 10
+
+Runs the method once (its calibration), then evaluates the frozen student with (a) every
+quantizer, (b) weight quantizers only, (c) activation quantizers only, and (d) all but one
+activation quantizer, for each of them; prints the drops vs FP and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+
+from srq.data.benchmark import benchmark_set
+from srq.lit.evaluate import evaluate_sets
+from srq.methods import build_method
+from srq.models.zoo import build_model
+from srq.quant import wrapped_modules
+from srq.quant.modules import QuantModule
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="imdn_x4")
+    parser.add_argument("--method", default="minmax")
+    parser.add_argument("--bits", default="w8a8")
+    parser.add_argument("--set", default="Set5")
+    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=Path("bench/quant_loss_breakdown.json"))
+    args = parser.parse_args(argv)
+    with initialize_config_module(config_module="srq.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            f"model={args.model}", f"method={args.method}", f"bits={args.bits}", "logger=none"])
+    teacher = build_model(args.model)
+    sets = [benchmark_set(args.set, teacher.scale)]
+
+    def psnr(model) -> float:
+        with torch.no_grad():
+            summary, _, _ = evaluate_sets(model, sets)
+        return summary[args.set]["psnr_y"]
+
+    student = build_method(args.method, cfg.method).apply(teacher, {"cfg": cfg}).student
+    layers = [m for _, m in wrapped_modules(student) if isinstance(m, QuantModule)]
+    frozen = {id(m): m.frozen_weight for m in layers}
+    acts = [(f"{name}.{'input' if q is m.input_quantizer else 'output'}", q)
+                  for name, m in wrapped_modules(student)
+                  for q in (m.input_quantizer, getattr(m, "output_quantizer", None)) if q is not None]
+
+    def set_weights(on: bool):
+        for m in layers:
+            m.frozen_weight = frozen[id(m)] if on else None
+            if m.weight_quantizer is not None:
+                m.weight_quantizer.enabled = on
+
+    def set_acts(on: bool):
+        for _, q in acts:
+            q.enabled = on
+
+    fp = psnr(teacher)
+    result = {"model": args.model, "method": args.method, "bits": args.bits, "set": args.set,
+              "fp": fp, "all": psnr(student)}
+    set_acts(False)
+    result["weights_only"] = psnr(student)
+    set_acts(True)
+    set_weights(False)
+    result["activations_only"] = psnr(student)
+    set_weights(True)
+    gains = []
+    for name, q in acts:
+        q.enabled = False
+        gains.append((psnr(student) - result["all"], name))
+        q.enabled = True
+    gains.sort(reverse=True)
+    result["activation_quantizer_gain_when_off"] = {n: round(g, 4) for g, n in gains}
+    for key in ("all", "weights_only", "activations_only"):
+        print(f"{key:18s} {result[key]:.3f} ({result[key] - fp:+.3f} vs FP {fp:.3f})")
+    for g, n in gains[: args.top]:
+        print(f"  off: {n:45s} {g:+.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
