@@ -1,9 +1,10 @@
 """Seconds per fine-tuning step (teacher + quantized student) vs an FP forward/backward → JSON + md.
 
     python scripts/bench_finetune.py --models imdn_x4 pan_x4 --method plq_saft --bits w4a4
+    python scripts/bench_finetune.py --models imdtn_x4 --method 2dquant --bits w4a4
 
-One SAFT step = teacher forward (no grad, feature taps) + student forward (fake quant, taps)
-+ L_sen + λ·L_rec + backward + Adam step + bound projection. The reference is one FP
+One fine-tuning step (SAFT or DQC) = teacher forward (no grad, feature taps) + student forward
+(fake quant, taps) + loss + backward + Adam step + bound projection. The reference is one FP
 forward/backward (L1 to a fixed target, all weights trainable) on the same batch. Steps are
 alternated ``repeats`` times after a warm-up; medians and their ratio are reported (goal ≤ 2.5×).
 """
@@ -19,9 +20,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
+from srq.methods import build_method
 from srq.methods.outlier import OutlierAwarePTQ, finetune_data
 from srq.methods.uniform import run_calibration
-from srq.models.zoo import build_model
+from srq.models.zoo import build_model, get_spec
 from srq.quant import quantize
 from srq.results import write_bench_report
 
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["imdn_x4", "pan_x4"])
     parser.add_argument("--method", default="plq_saft")
     parser.add_argument("--bits", default="w4a4")
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the method's")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("bench/finetune.json"))
     args = parser.parse_args(argv)
@@ -47,18 +49,24 @@ def main(argv: list[str] | None = None) -> int:
             cfg = compose(config_name="config", overrides=[
                 f"model={model_name}", f"method={args.method}", f"bits={args.bits}",
                 "logger=none", "method.calib.num_patches=16", "method.calib.val_patches=0"])
+        batch_size = args.batch_size or int(cfg.method.get("finetune", cfg.method.get("dqc")).batch_size)
         teacher = build_model(model_name)
-        method = OutlierAwarePTQ(cfg.method)
-        train, _, info = finetune_data(cfg, cfg.method, teacher.scale)
-        student = copy.deepcopy(teacher)
-        quantize(student, method.spec(cfg.bits), example_input=train[0][None])
-        run_calibration(student, train, info["batch_size"])
-        module = method.distillation_module(teacher, student, train, info)
+        method = build_method(args.method, cfg.method)
+        context = {"cfg": cfg}
+        if isinstance(method, OutlierAwarePTQ):
+            train, val, info = finetune_data(cfg, cfg.method, teacher.scale)
+            student = copy.deepcopy(teacher)
+            quantize(student, method.spec(cfg.bits), example_input=train[0][None])
+            run_calibration(student, train, info["batch_size"])
+            module = method.distillation_module(teacher, student, train, info)
+        else:  # DOBI + DQC
+            student, train, _, _, _ = method.prepare(teacher, context)
+            module = method.distillation_module(teacher, student, get_spec(model_name).arch)
         optimizers = module.configure_optimizers()
         groups = [p for params in module._groups.values() for p in params]
-        batch = torch.stack([train[i] for i in range(args.batch_size)])
+        batch = torch.stack([train[i] for i in range(batch_size)])
 
-        def saft_step():
+        def finetune_step():
             out_s, out_t, fs, ft = module._forward_pair(batch)
             loss = module.objective(out_s, out_t, fs, ft)
             for opt in optimizers:
@@ -79,23 +87,23 @@ def main(argv: list[str] | None = None) -> int:
             (fp(batch) - target).abs().mean().backward()
             fp_opt.step()
 
-        saft_step(), fp_step()  # warm-up
-        saft_t, fp_t = [], []
+        finetune_step(), fp_step()  # warm-up
+        step_t, fp_t = [], []
         for _ in range(args.repeats):
-            saft_t.append(_timed(saft_step))
+            step_t.append(_timed(finetune_step))
             fp_t.append(_timed(fp_step))
         row = {"model": model_name, "method": args.method, "bits": args.bits,
                "batch": list(batch.shape), "trainable_params": sum(p.numel() for p in groups),
-               "saft_step_s": statistics.median(saft_t), "fp_step_s": statistics.median(fp_t),
+               "step_s": statistics.median(step_t), "fp_step_s": statistics.median(fp_t),
                "device": str(batch.device), "threads": torch.get_num_threads()}
-        row["ratio"] = row["saft_step_s"] / row["fp_step_s"]
+        row["ratio"] = row["step_s"] / row["fp_step_s"]
         rows.append(row)
-        print(f"{model_name}: SAFT step {row['saft_step_s']:.3f} s, FP fwd/bwd "
+        print(f"{model_name}: fine-tuning step {row['step_s']:.3f} s, FP fwd/bwd "
               f"{row['fp_step_s']:.3f} s, ratio {row['ratio']:.2f}")
     write_bench_report(args.out, {"repeats": args.repeats, "rows": rows},
-                       ["model", "bits", "batch", "SAFT step s", "FP fwd/bwd s", "ratio"],
+                       ["model", "bits", "batch", "fine-tuning step s", "FP fwd/bwd s", "ratio"],
                        lambda r: [r["model"], r["bits"], "×".join(map(str, r["batch"])),
-                                  f"{r['saft_step_s']:.3f}", f"{r['fp_step_s']:.3f}",
+                                  f"{r['step_s']:.3f}", f"{r['fp_step_s']:.3f}",
                                   f"{r['ratio']:.2f}"])
     return 0
 
