@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                        ["bits", "elements", "candidates", "DOBI s", "brute force s", "speed-up"],
                        lambda r: [str(r["bits"]), str(r["numel"]), str(r["candidates"]),
                                   f"{r['dobi_s']:.3f}", f"{r['brute_force_s']:.3f}",
-                                  f"{r['speedup']:.0f}×"])
+                                  f"{r['speedup']:.1f}×"])
     return 0
 
 

@@ -74,7 +74,7 @@ class DistillationModule(L.LightningModule):
         self.student.requires_grad_(False)
         for params in groups.values():
             for p in params:
-                p.requires_grad_(True)
+                (p[0] if isinstance(p, tuple) else p).requires_grad_(True)
         self._groups = groups
         self.objective = objective
         self.lr, self.gamma, self.betas = lr, gamma, tuple(betas)
@@ -107,15 +107,21 @@ class DistillationModule(L.LightningModule):
         lr = self.lr_at(self.current_epoch, self.global_step)
         for opt in self._optimizers():
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _forward_pair(self, x):
-        names = self.objective.tapped
-        with torch.no_grad(), FeatureTaps(self.teacher, names, self.feature_site) as t_taps:
+        """Outputs and tapped features of both networks; inputs tapped for losses that
+        name ``input_names`` are keyed ``"<name>#input"``."""
+        names, inputs = self.objective.tapped, getattr(self.objective, "tapped_inputs", [])
+        with torch.no_grad(), FeatureTaps(self.teacher, names, self.feature_site) as t_taps, \
+                FeatureTaps(self.teacher, inputs, "input") as t_in:
             out_t = self.teacher(x)
-        with FeatureTaps(self.student, names, self.feature_site) as s_taps:
+        with FeatureTaps(self.student, names, self.feature_site) as s_taps, \
+                FeatureTaps(self.student, inputs, "input") as s_in:
             out_s = self.student(x)
-        return out_s, out_t, s_taps.features, t_taps.features
+        fs = {**s_taps.features, **{f"{k}#input": v for k, v in s_in.features.items()}}
+        ft = {**t_taps.features, **{f"{k}#input": v for k, v in t_in.features.items()}}
+        return out_s, out_t, fs, ft
 
     def training_step(self, batch, batch_idx):
         active = self.active_groups(self.current_epoch)
@@ -150,8 +156,18 @@ class DistillationModule(L.LightningModule):
                  on_epoch=True, batch_size=batch.shape[0])
 
     def configure_optimizers(self):
-        return [torch.optim.Adam(self._groups[name], lr=self.lr, betas=self.betas)
+        return [torch.optim.Adam(self._param_groups(self._groups[name]), lr=self.lr, betas=self.betas)
                 for name in self.group_names]
+
+    @staticmethod
+    def _param_groups(params) -> list[dict]:
+        """Parameters or (parameter, lr_scale) pairs → Adam param groups (a relative
+        parametrisation l = l₀ + (u₀ − l₀)θ is, for Adam, a per-parameter lr ∝ u₀ − l₀)."""
+        groups = []
+        for p in params:
+            param, scale = p if isinstance(p, tuple) else (p, 1.0)
+            groups.append({"params": [param], "lr_scale": float(scale)})
+        return groups
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()

@@ -12,47 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-FEATURE_SITES = ("output", "input")
-
-
-class FeatureTaps:
-    """Forward hooks on the modules named ``names`` recording their output (or first input)
-    in ``features``; hooks are removed on exit (also on errors).
-
-        >>> with FeatureTaps(model, ["body.0.conv1"]) as taps:   # doctest: +SKIP
-        ...     model(x); f = taps.features["body.0.conv1"]
-    """
-
-    def __init__(self, model: nn.Module, names, site: str = "output"):
-        if site not in FEATURE_SITES:
-            raise ValueError(f"unknown feature site {site!r}; valid: {', '.join(FEATURE_SITES)}")
-        modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise KeyError(f"no module named {', '.join(missing[:3])} in {type(model).__name__}")
-        self.model, self.names, self.site = model, list(names), site
-        self.modules = modules
-        self.features: dict[str, torch.Tensor] = {}
-        self._hooks = []
-
-    def __enter__(self) -> "FeatureTaps":
-        for name in self.names:
-            if self.site == "output":
-                hook = self.modules[name].register_forward_hook(
-                    lambda mod, args, out, name=name: self.features.__setitem__(name, out))
-            else:
-                hook = self.modules[name].register_forward_pre_hook(
-                    lambda mod, args, name=name: self.features.__setitem__(name, args[0]))
-            self._hooks.append(hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+from srq.quant.taps import FeatureTaps
 
 
 class OutputL1:
@@ -113,6 +73,55 @@ class NormalizedFeatureLoss:
         return total / len(self.names) if self.layer_reduce == "mean" else total
 
 
+class BalanceLoss:
+    """HarmoQ's balance term (METHODS.md §6.2c, *inferred*): per quantized linear ℓ,
+    E_a = mean‖(x̂ − x)Wᵀ‖² (activation-induced), E_w = mean‖x̂(Q_w(W) − W)ᵀ‖² (weight-induced),
+    L_bal = mean_ℓ (log((E_a + ε)/(E_w + ε)) − log ρ_ℓ)².
+
+    ``layers``: {name: student wrapper (QuantModule)}; x is the teacher's input to ℓ, x̂ the
+    student's input through ℓ's input quantizer. ``targets``: {name: ρ_ℓ} (1 when None);
+    :meth:`ratios` measures E_a/E_w to use as targets.
+    """
+
+    def __init__(self, layers: dict, targets: dict[str, float] | None = None, eps: float = 1e-12,
+                 max_tokens: int | None = 2048):
+        self.layers = layers
+        self.input_names = list(layers)
+        self.targets = targets or {n: 1.0 for n in layers}
+        self.eps, self.max_tokens = eps, max_tokens
+
+    def errors(self, name: str, x: torch.Tensor, x_student: torch.Tensor):
+        """(E_a, E_w) of layer ``name``, estimated on at most ``max_tokens`` evenly strided
+        tokens (both are means over tokens; the full set costs more than the network)."""
+        m = self.layers[name]
+        x, x_student = x.reshape(-1, x.shape[-1]), x_student.reshape(-1, x_student.shape[-1])
+        if self.max_tokens and x.shape[0] > self.max_tokens:
+            stride = -(-x.shape[0] // self.max_tokens)
+            x, x_student = x[::stride], x_student[::stride]
+        xq = m.input_quantizer(x_student) if m.input_quantizer is not None else x_student
+        w = m.module.weight.detach()
+        wq = m.weight_quantizer(w) if m.weight_quantizer is not None else w
+        e_a = ((xq - x.detach()) @ w.T).pow(2).mean()
+        e_w = (xq @ (wq - w).T).pow(2).mean()
+        return e_a, e_w
+
+    def __call__(self, out_s, out_t, feats_s, feats_t) -> torch.Tensor:
+        total = 0.0
+        for name in self.input_names:
+            e_a, e_w = self.errors(name, feats_t[f"{name}#input"], feats_s[f"{name}#input"])
+            log_ratio = torch.log((e_a + self.eps) / (e_w + self.eps))
+            total = total + (log_ratio - math.log(self.targets[name])).pow(2)
+        return total / len(self.input_names)
+
+    @torch.no_grad()
+    def ratios(self, feats_s, feats_t) -> dict[str, float]:
+        out = {}
+        for name in self.input_names:
+            e_a, e_w = self.errors(name, feats_t[f"{name}#input"], feats_s[f"{name}#input"])
+            out[name] = float((e_a + self.eps) / (e_w + self.eps))
+        return out
+
+
 class WeightedSum:
     """Σ_i λ_i·loss_i; ``parts`` of the last call hold each term (for logging)."""
 
@@ -133,9 +142,18 @@ class WeightedSum:
 
     @property
     def tapped(self) -> list[str]:
+        """Layers whose outputs the terms read."""
+        return self._collect("names")
+
+    @property
+    def tapped_inputs(self) -> list[str]:
+        """Layers whose inputs the terms read (as ``"<name>#input"``)."""
+        return self._collect("input_names")
+
+    def _collect(self, attr: str) -> list[str]:
         names: list[str] = []
         for _, loss in self.terms.values():
-            names += [n for n in getattr(loss, "names", []) if n not in names]
+            names += [n for n in getattr(loss, attr, []) if n not in names]
         return names
 
 
@@ -168,5 +186,5 @@ def feature_std(model: nn.Module, names, batches, site: str = "input") -> dict[s
     return {n: s / count for n, s in sums.items()}
 
 
-__all__ = ["FeatureTaps", "NormalizedFeatureLoss", "OutputL1", "WeightedSum", "entropy",
+__all__ = ["BalanceLoss", "FeatureTaps", "NormalizedFeatureLoss", "OutputL1", "WeightedSum", "entropy",
            "feature_std", "sensitivity_weights"]

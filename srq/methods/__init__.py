@@ -68,11 +68,18 @@ def _2dquant(cfg):
     return TwoDQuant(cfg)
 
 
+def _harmoq(cfg):
+    from srq.methods.harmoq import HarmoQ
+
+    return HarmoQ(cfg)
+
+
 METHODS: dict[str, Callable] = {"fp": FullPrecision, "minmax": _uniform, "ema_minmax": _uniform,
                                 "percentile": _uniform, "mse": _uniform, "coreai": _coreai,
                                 "plq": _outlier, "plq_saft": _outlier, "saft": _outlier,
                                 "plq_vft": _outlier, "dobi": _dobi, "2dquant": _2dquant,
-                                "2dquant_paper": _2dquant, "2dquant_code": _2dquant}
+                                "2dquant_paper": _2dquant, "2dquant_code": _2dquant,
+                                "harmoq": _harmoq, "harmoq_gpu": _harmoq}
 
 
 def build_method(name: str, cfg=None):

@@ -50,9 +50,10 @@ STAGES = (("weight_bound",), ("act_bounds",), ("breakpoint",))
 def finetune_data(run_cfg, method_cfg, scale: int):
     """(training patches, held-out validation patches or None, description): the calib group
     with the method's ``calib`` overrides; validation patches: same source, seed + 1."""
-    c = {**dict(run_cfg.calib), **{k: v for k, v in dict(method_cfg.get("calib") or {}).items()
-                                   if v is not None}}
-    patch = c.get("patch_size") or 384 // scale
+    own = dict(method_cfg.get("calib") or {})
+    c = {**dict(run_cfg.calib), **{k: v for k, v in own.items() if v is not None}}
+    # the method's patch_size: null means 384/scale (the paper's 96 at ×4), not the calib group's
+    patch = (own["patch_size"] or 384 // scale) if "patch_size" in own else c["patch_size"]
     common = dict(source=c["source"], patch_size=int(patch), folder=c.get("folder"),
                   folder_is_hr=c.get("folder_is_hr", True), set_name=c.get("set_name", "B100"))
     train = CalibrationPatches(CalibrationConfig(num_patches=int(c["num_patches"]),

@@ -121,8 +121,12 @@ class UniformQuantizer(Quantizer):
             flat = hi <= lo
             pad = torch.where(lo.abs() > 0, lo.abs() * 1e-3, torch.ones_like(lo))
             lo, hi = torch.where(flat, lo - pad, lo), torch.where(flat, hi + pad, hi)
-        self.lo = nn.Parameter(lo.clone(), requires_grad=self.lo.requires_grad)
-        self.hi = nn.Parameter(hi.clone(), requires_grad=self.hi.requires_grad)
+        for name, value in (("lo", lo), ("hi", hi)):
+            old = getattr(self, name)
+            if old.shape == value.shape:  # in place: optimizers holding the bound keep it
+                old.data.copy_(value)
+            else:
+                setattr(self, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
         self.eps = 1e-4 * (hi - lo).detach().clone()
         self.calibrated = True
 
