@@ -10,15 +10,11 @@ checkpoint is ever picked on a test set); LR patches only.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from srq.data.calibration import CalibrationConfig, CalibrationPatches
-from srq.errors import SrqError
-from srq.lit.distill import AtomicLastCheckpoint, DistillationModule, EpochSeededSampler
+from srq.lit.distill import DistillationModule
 from srq.lit.losses import NormalizedFeatureLoss, OutputL1, WeightedSum
 from srq.methods.dobi import DOBIInit
+from srq.methods.finetune import fit, more_patches
 from srq.models.zoo import feature_blocks, get_spec
 from srq.quant import freeze, quantization_map, quantizers
 from srq.quant.size import quantized_size_mb
@@ -42,47 +38,19 @@ class TwoDQuant(DOBIInit):
         return module
 
     def apply(self, teacher, context):
-        import hydra
-
         from srq.methods import MethodResult
 
         run_cfg, q = context["cfg"], self.cfg.dqc
         student, train, val, info, t_calib = self.prepare(teacher, context)
         start = time.perf_counter()
         if q.get("num_patches"):  # DQC's own training patches (same source, seed + 2)
-            c = train.cfg
-            train = CalibrationPatches(CalibrationConfig(
-                source=c.source, num_patches=int(q.num_patches), patch_size=c.patch_size,
-                seed=c.seed + 2, folder=c.folder, folder_is_hr=c.folder_is_hr,
-                set_name=c.set_name), teacher.scale)
-        arch = get_spec(run_cfg.model.name).arch
-        module = self.distillation_module(teacher, student, arch)
-        loader = DataLoader(train, batch_size=int(q.batch_size), drop_last=len(train) >= int(q.batch_size),
-                            sampler=EpochSeededSampler(len(train), int(run_cfg.seed)))
-        val_loader = DataLoader(val, batch_size=4) if val is not None else None
-        run_dir = Path(context.get("run_dir") or run_cfg.paths.output_dir)
-        checkpoint = AtomicLastCheckpoint(run_dir / "checkpoints")
-        trainer = hydra.utils.instantiate(
-            run_cfg.trainer, max_steps=int(q.iterations), max_epochs=-1,
-            logger=context.get("loggers") or False, callbacks=[checkpoint],
-            enable_checkpointing=False, log_every_n_steps=max(1, min(10, len(loader))),
-            num_sanity_val_steps=0, limit_val_batches=1.0 if val_loader is not None else 0)
-        resume = context.get("resume")
-        try:
-            trainer.fit(module, loader, val_loader, ckpt_path=resume)
-        finally:
-            teacher.requires_grad_(False)
-            student.requires_grad_(False)
-        if trainer.interrupted:
-            raise SrqError(f"DQC was interrupted; resume with resume={run_dir}")
+            train = more_patches(train, int(q.num_patches), teacher.scale)
+        module = self.distillation_module(teacher, student, get_spec(run_cfg.model.name).arch)
+        common = fit(module, train, val, int(q.batch_size), context, steps=int(q.iterations))
         freeze(student)
-        val_psnr = trainer.callback_metrics.get("val/psnr_y_vs_fp")
-        info_ft = {"preset": q.preset, "iterations": int(q.iterations), "steps": int(trainer.global_step),
-                   "batch_size": int(q.batch_size), "patches": len(train), "lr": float(q.lr), "betas": list(q.betas),
-                   "lr_schedule": q.lr_schedule, "feature_blocks": len(module.feature_blocks),
-                   "select": "last",
-                   "val_psnr_y_vs_fp": None if val_psnr is None else round(float(val_psnr), 4),
-                   "checkpoint": str(checkpoint.path), "resumed_from": resume}
+        info_ft = {"preset": q.preset, "iterations": int(q.iterations), **common, "lr": float(q.lr),
+                   "betas": list(q.betas), "lr_schedule": q.lr_schedule,
+                   "feature_blocks": len(module.feature_blocks), "select": "last"}
         return MethodResult(
             student=student,
             time_s={"calibrate": round(t_calib, 3), "finetune": round(time.perf_counter() - start, 3)},

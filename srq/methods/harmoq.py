@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from srq.data.calibration import CalibrationConfig, CalibrationPatches
-from srq.errors import SrqError
-from srq.lit.distill import AtomicLastCheckpoint, DistillationModule, EpochSeededSampler
+from srq.lit.distill import DistillationModule
 from srq.lit.losses import BalanceLoss, NormalizedFeatureLoss, OutputL1, WeightedSum
 from srq.methods.dobi import DOBIInit
+from srq.methods.finetune import fit, more_patches
 from srq.models.zoo import feature_blocks, get_spec
 from srq.quant import freeze, quantization_map, quantizers, wrapped_modules
 from srq.quant.api import execution_order
@@ -144,16 +141,10 @@ class HarmoQ(DOBIInit):
                   "quantization_map": quantization_map(student)})
 
     def refine(self, fp, student, train, val, batches, linears, context) -> dict:
-        import hydra
-
         run_cfg, a = context["cfg"], self.cfg.abr
         arch = get_spec(run_cfg.model.name).arch
-        if a.get("num_patches"):
-            c = train.cfg
-            train = CalibrationPatches(CalibrationConfig(
-                source=c.source, num_patches=int(a.num_patches), patch_size=c.patch_size,
-                seed=c.seed + 2, folder=c.folder, folder_is_hr=c.folder_is_hr,
-                set_name=c.set_name), fp.scale)
+        if a.get("num_patches"):  # training patches: same source, seed + 2
+            train = more_patches(train, int(a.num_patches), fp.scale)
         blocks = feature_blocks(fp, arch) if float(a.lambda_feat) > 0 else []
         terms = {"out": (1.0, OutputL1())}
         if blocks:
@@ -183,31 +174,11 @@ class HarmoQ(DOBIInit):
             betas=tuple(a.betas), lr_schedule=a.lr_schedule, total_steps=total,
             projections=[q.project_ for _, q in quantizers(student)], scale=fp.scale)
         callbacks = []
-        run_dir = Path(context.get("run_dir") or run_cfg.paths.output_dir)
-        checkpoint = AtomicLastCheckpoint(run_dir / "checkpoints")
         if self.cfg.src.enabled and a.resolve_src and int(a.rounds) > 1:
             callbacks.append(_ResolveSRC(
                 lambda: residual_calibrate(fp, student, linears, batches, self.cfg.src), int(a.steps)))
-        loader = DataLoader(train, batch_size=int(a.batch_size), drop_last=len(train) >= int(a.batch_size),
-                            sampler=EpochSeededSampler(len(train), int(run_cfg.seed)))
-        val_loader = DataLoader(val, batch_size=4) if val is not None else None
-        trainer = hydra.utils.instantiate(
-            run_cfg.trainer, max_steps=total, max_epochs=-1, logger=context.get("loggers") or False,
-            callbacks=[*callbacks, checkpoint], enable_checkpointing=False,
-            log_every_n_steps=max(1, min(10, len(loader))), num_sanity_val_steps=0,
-            limit_val_batches=1.0 if val_loader is not None else 0)
-        try:
-            trainer.fit(module, loader, val_loader, ckpt_path=context.get("resume"))
-        finally:
-            fp.requires_grad_(False)
-            student.requires_grad_(False)
-        if trainer.interrupted:
-            raise SrqError(f"ABR was interrupted; resume with resume={run_dir}")
-        val_psnr = trainer.callback_metrics.get("val/psnr_y_vs_fp")
-        return {"preset": a.preset, "rounds": int(a.rounds), "steps": int(trainer.global_step),
-                "batch_size": int(a.batch_size), "patches": len(train), "lr": float(a.lr),
+        common = fit(module, train, val, int(a.batch_size), context, steps=total, callbacks=callbacks)
+        return {"preset": a.preset, "rounds": int(a.rounds), **common, "lr": float(a.lr),
                 "relative": bool(a.relative), "lambda_bal": float(a.lambda_bal),
                 "balance_target": a.balance_target, "resolve_src": bool(a.resolve_src),
-                "feature_blocks": len(blocks),
-                "val_psnr_y_vs_fp": None if val_psnr is None else round(float(val_psnr), 4),
-                "checkpoint": str(checkpoint.path), "resumed_from": context.get("resume")}
+                "feature_blocks": len(blocks)}

@@ -16,13 +16,10 @@ from __future__ import annotations
 import copy
 import fnmatch
 import time
-from pathlib import Path
-
-from torch.utils.data import DataLoader
 
 from srq.data.calibration import CalibrationConfig, CalibrationPatches
 from srq.errors import SrqError
-from srq.lit.distill import AtomicLastCheckpoint, DistillationModule, EpochSeededSampler
+from srq.lit.distill import DistillationModule
 from srq.lit.losses import (
     NormalizedFeatureLoss,
     OutputL1,
@@ -31,6 +28,7 @@ from srq.lit.losses import (
     feature_std,
     sensitivity_weights,
 )
+from srq.methods.finetune import fit
 from srq.methods.uniform import run_calibration
 from srq.quant import (
     QuantFormat,
@@ -172,33 +170,10 @@ class OutlierAwarePTQ:
         return module
 
     def finetune(self, teacher, student, train, val, data_info, context) -> dict:
-        import hydra
-
-        ft, run_cfg = self.cfg.finetune, context["cfg"]
+        ft = self.cfg.finetune
         module = self.distillation_module(teacher, student, train, data_info)
         weights = module.sensitivity
-        loader = DataLoader(train, batch_size=int(ft.batch_size),
-                            sampler=EpochSeededSampler(len(train), int(run_cfg.seed)))
-        val_loader = DataLoader(val, batch_size=4) if val is not None else None
-        run_dir = Path(context.get("run_dir") or run_cfg.paths.output_dir)
-        checkpoint = AtomicLastCheckpoint(run_dir / "checkpoints")
-        trainer = hydra.utils.instantiate(
-            run_cfg.trainer, max_epochs=int(ft.epochs), logger=context.get("loggers") or False,
-            callbacks=[checkpoint], enable_checkpointing=False,
-            log_every_n_steps=max(1, min(10, len(loader))),
-            num_sanity_val_steps=0, limit_val_batches=1.0 if val_loader is not None else 0)
-        resume = context.get("resume")
-        try:
-            trainer.fit(module, loader, val_loader, ckpt_path=resume)
-        finally:
-            teacher.requires_grad_(False)
-            student.requires_grad_(False)
-        if trainer.interrupted:
-            raise SrqError(f"fine-tuning was interrupted; resume with resume={run_dir}")
-        val_psnr = trainer.callback_metrics.get("val/psnr_y_vs_fp")
-        return {"epochs": int(ft.epochs), "steps": int(trainer.global_step),
-                "batch_size": int(ft.batch_size), "loss": ft.loss, "staged": bool(ft.staged),
+        common = fit(module, train, val, int(ft.batch_size), context, epochs=int(ft.epochs))
+        return {"epochs": int(ft.epochs), **common, "loss": ft.loss, "staged": bool(ft.staged),
                 "layers": len(weights), "sensitivity_entropy": round(entropy(weights), 4),
-                "sensitivity_max": round(max(weights.values()), 4),
-                "val_psnr_y_vs_fp": None if val_psnr is None else round(float(val_psnr), 4),
-                "checkpoint": str(checkpoint.path), "resumed_from": resume}
+                "sensitivity_max": round(max(weights.values()), 4)}
