@@ -94,3 +94,18 @@ def test_two_bit_is_finite(tmp_path, data_dir):
     res = _run(tmp_path, "method=dobi", "bits=w2a2")
     assert res["metrics"]["Set5"]["psnr_y"] == res["metrics"]["Set5"]["psnr_y"]  # not NaN
     assert isinstance(res["warnings"], list)
+
+
+@pytest.mark.parametrize("bits,weight,act", [("w4a32", True, False), ("w32a4", False, True)])
+def test_one_sided_bit_configs_quantize_only_that_side(bits, weight, act):
+    """The weight-only / activation-only configs of experiment=harmoq_asymmetry."""
+    bits_cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "bits" / f"{bits}.yaml")
+    model = build_model("imdtn_x4")
+    spec = DOBIInit(_dobi_cfg()).spec(bits_cfg, "transformer")
+    include = [n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
+    quantize(model, spec, include=include)
+    qmap = quantization_map(model)
+    assert qmap and all((f["weight"] is not None) == weight for f in qmap.values()
+                        if "other" not in f)
+    assert all((f["input"] is not None) == act for f in qmap.values())
+    assert any("other" in f for f in qmap.values()) == act  # matmuls only with activations

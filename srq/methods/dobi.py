@@ -42,25 +42,28 @@ class DOBIInit:
 
     def spec(self, bits_cfg, ops: str) -> QuantSpec:
         wbits, abits = bits_cfg.weight_bits, bits_cfg.act_bits
-        if wbits is None or abits is None or bits_cfg.get("palettize", False):
-            raise SrqError(f"method={self.cfg.name} quantizes weights and activations; pick "
-                           f"bits=w4a4 / w3a3 / w2a2 (got bits={bits_cfg.name})")
+        if (wbits is None and abits is None) or bits_cfg.get("palettize", False):
+            raise SrqError(f"method={self.cfg.name} needs uniform bits; pick bits=w4a4 / w3a3 / "
+                           f"w2a2, or w4a32 / w32a4 for one side only (got bits={bits_cfg.name})")
         d = self.cfg.dobi
         args = (("candidates", int(d.candidates)), ("include_last", bool(d.include_last)),
                 ("step", str(d.one_sided_step)), ("tie", str(d.tie)))
         try:
-            weight = QuantFormat(int(wbits), "free", observer="dobi", observer_args=args)
-            act = QuantFormat(int(abits), "free", observer="dobi", observer_args=args)
+            weight = None if wbits is None else QuantFormat(int(wbits), "free", observer="dobi",
+                                                            observer_args=args)
+            act = None if abits is None else QuantFormat(int(abits), "free", observer="dobi",
+                                                         observer_args=args)
         except ValueError as exc:
             raise SrqError(f"{exc}; pick another bits= config") from exc
-        one_sided = act.replace(observer_args=tuple(sorted(args + (("one_sided", True),))))
-        overrides = tuple((glob, one_sided) for glob in d.one_sided_for)
+        overrides = () if act is None else tuple(
+            (glob, act.replace(observer_args=tuple(sorted(args + (("one_sided", True),)))))
+            for glob in d.one_sided_for)
         if ops == "transformer":
             return QuantSpec(weight=weight, input=act, layer_policy="all", matmul=True,
                              input_overrides=overrides)
         return QuantSpec(weight=weight, input=act, layer_policy=self.cfg.layer_policy,
-                         edge_weight=weight.replace(bits=8), edge_input=act.replace(bits=8),
-                         input_overrides=overrides)
+                         edge_weight=weight and weight.replace(bits=8),
+                         edge_input=act and act.replace(bits=8), input_overrides=overrides)
 
     def prepare(self, teacher, context):
         """quantize + DOBI calibration → (student, train patches, val patches, info, seconds)."""

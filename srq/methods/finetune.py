@@ -42,6 +42,8 @@ def fit(module: DistillationModule, train, val, batch_size: int, context, epochs
     resume = context.get("resume")
     try:
         trainer.fit(module, loader, val_loader, ckpt_path=resume)
+    except FloatingPointError as exc:
+        raise SrqError(str(exc)) from exc
     finally:
         module.teacher.requires_grad_(False)
         module.student.requires_grad_(False)

@@ -108,6 +108,8 @@ def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None
             input_fmt = spec.edge_input or (
                 input_fmt and input_fmt.replace(bits=max(spec.edge_bits, input_fmt.bits)))
         output_fmt = spec.output
+        if WRAPPERS[type(modules[name])] is QuantMatMul:
+            weight_fmt = None  # a matmul has no weight: only its operands are quantized
         if weight_fmt is None and input_fmt is None and output_fmt is None:
             continue
         module = modules[name]
