@@ -21,7 +21,8 @@ import torch
 from hydra import compose, initialize_config_module
 
 from srq.methods import build_method
-from srq.methods.outlier import OutlierAwarePTQ, finetune_data
+from srq.methods.finetune import finetune_data
+from srq.methods.outlier import OutlierAwarePTQ
 from srq.methods.uniform import run_calibration
 from srq.models.zoo import build_model, get_spec
 from srq.quant import quantize

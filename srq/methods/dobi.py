@@ -16,7 +16,7 @@ import copy
 import time
 
 from srq.errors import SrqError
-from srq.methods.outlier import finetune_data
+from srq.methods.finetune import finetune_data
 from srq.methods.uniform import run_calibration
 from srq.models.archs.common import MatMul
 from srq.quant import QuantFormat, QuantSpec, freeze, quantization_map, quantize
@@ -65,13 +65,14 @@ class DOBIInit:
                          edge_weight=weight and weight.replace(bits=8),
                          edge_input=act and act.replace(bits=8), input_overrides=overrides)
 
-    def prepare(self, teacher, context):
-        """quantize + DOBI calibration → (student, train patches, val patches, info, seconds)."""
+    def prepare(self, teacher, context, data=None):
+        """quantize + DOBI calibration → (student, train patches, val patches, info, seconds);
+        ``data``: the (train, val, info) of :func:`finetune_data` when already drawn."""
         run_cfg = context["cfg"]
         ops = self.ops(teacher)
         spec = self.spec(run_cfg.bits, ops)
         start = time.perf_counter()
-        train, val, data_info = finetune_data(run_cfg, self.cfg, teacher.scale)
+        train, val, data_info = data or finetune_data(run_cfg, self.cfg, teacher.scale)
         student = copy.deepcopy(teacher)
         include = ["*"] if ops == "cnn" else [
             n for n, m in teacher.named_modules() if type(m).__name__ in ("Linear", "MatMul")]

@@ -11,6 +11,24 @@ from srq.errors import SrqError
 from srq.lit.distill import AtomicLastCheckpoint, DistillationModule, EpochSeededSampler
 
 
+def finetune_data(run_cfg, method_cfg, scale: int):
+    """(training patches, held-out validation patches or None, description): the calib group
+    with the method's ``calib`` overrides; validation patches: same source, seed + 1."""
+    own = dict(method_cfg.get("calib") or {})
+    c = {**dict(run_cfg.calib), **{k: v for k, v in own.items() if v is not None}}
+    # the method's patch_size: null means 384/scale (the paper's 96 at ×4), not the calib group's
+    patch = (own["patch_size"] or 384 // scale) if "patch_size" in own else c["patch_size"]
+    common = dict(source=c["source"], patch_size=int(patch), folder=c.get("folder"),
+                  folder_is_hr=c.get("folder_is_hr", True), set_name=c.get("set_name", "B100"))
+    train = CalibrationPatches(CalibrationConfig(num_patches=int(c["num_patches"]),
+                                                 seed=int(c["seed"]), **common), scale)
+    n_val = int(c.get("val_patches") or 0)
+    val = CalibrationPatches(CalibrationConfig(num_patches=max(n_val, 1), seed=int(c["seed"]) + 1,
+                                               **common), scale) if n_val else None
+    return train, val, {"source": c["source"], "num_patches": len(train), "patch_size": int(patch),
+                        "batch_size": int(c["batch_size"]), "val_patches": n_val}
+
+
 def more_patches(patches: CalibrationPatches, n: int, scale: int, seed_offset: int = 2
                  ) -> CalibrationPatches:
     """``n`` further patches from the same source and size, drawn with seed + ``seed_offset``."""

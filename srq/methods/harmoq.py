@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from srq.lit.distill import DistillationModule
 from srq.lit.losses import BalanceLoss, NormalizedFeatureLoss, OutputL1, WeightedSum
 from srq.methods.dobi import DOBIInit
-from srq.methods.finetune import fit, more_patches
+from srq.methods.finetune import finetune_data, fit, more_patches
 from srq.models.zoo import feature_blocks, get_spec
 from srq.quant import freeze, quantization_map, quantizers, wrapped_modules
 from srq.quant.api import execution_order
@@ -111,15 +111,14 @@ class HarmoQ(DOBIInit):
         start = time.perf_counter()
         info: dict = {}
         fp = teacher
+        data = finetune_data(run_cfg, cfg, teacher.scale)  # drawn once: HSO statistics and DOBI
         if cfg.hso.enabled:
-            from srq.methods.outlier import finetune_data
-
-            calib, _, data_info = finetune_data(run_cfg, cfg, teacher.scale)
+            calib, _, data_info = data
             fp = copy.deepcopy(teacher)  # the harmonized FP model: same output, new coordinates
             info["hso"] = harmonize(fp, list(calib.batches(data_info["batch_size"])),
                                     alpha=float(cfg.hso.alpha), qk=bool(cfg.hso.qk),
                                     norm_linear=bool(cfg.hso.norm_linear), v_proj=bool(cfg.hso.v_proj))
-        student, train, val, data_info, _ = self.prepare(fp, context)
+        student, train, val, data_info, _ = self.prepare(fp, context, data)
         batches = list(train.batches(data_info["batch_size"]))
         linears = [n for n, m in wrapped_modules(student)
                    if isinstance(m, QuantModule) and type(m.module).__name__ == "Linear"]
