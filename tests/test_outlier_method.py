@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import results_files, srq
+from cli_helpers import results_files, srq, wandb_history
 
 TINY = ["model=imdn_x4", "bits=w4a4", "data=set5", "logger=none", "eval.limit_images=2",
         "method.calib.num_patches=6", "method.calib.val_patches=2", "method.calib.patch_size=32"]
@@ -14,7 +14,7 @@ TINY = ["model=imdn_x4", "bits=w4a4", "data=set5", "logger=none", "eval.limit_im
 
 def _run(tmp_path: Path, *args):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = srq([*TINY, *args], tmp_path)
+    proc = srq([*TINY, *args], tmp_path, {"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = results_files(tmp_path)[-1]
     return json.loads(path.read_text()), path.parent, proc
@@ -22,7 +22,8 @@ def _run(tmp_path: Path, *args):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, data_dir):
-    return _run(tmp_path_factory.mktemp("straight"), "method=plq_saft", "method.finetune.epochs=3")
+    return _run(tmp_path_factory.mktemp("straight"), "method=plq_saft", "method.finetune.epochs=3",
+                "logger=wandb")
 
 
 def test_plq_saft_contract(straight):
@@ -41,6 +42,12 @@ def test_plq_saft_contract(straight):
     metrics = (run_dir / "csv" / "metrics.csv").read_text()
     assert "train/loss_epoch" in metrics and "val/psnr_y_vs_fp" in metrics
     assert "Epoch 2" in proc.stdout + proc.stderr  # progress bar
+    # the same curves and the final metrics table in the offline W&B run
+    history = wandb_history(run_dir)
+    assert len(history["train/loss_epoch"]) == 3 and len(history["val/psnr_y_vs_fp"]) == 3
+    assert history["val/psnr_y_vs_fp"][-1] == pytest.approx(ft["val_psnr_y_vs_fp"], abs=1e-4)
+    assert history["Set5/psnr_y"] == [pytest.approx(res["metrics"]["Set5"]["psnr_y"], abs=1e-3)]
+    assert history["metrics/_type"] == ["table-file"]
 
 
 def test_resume_continues_to_the_same_result(straight, tmp_path):

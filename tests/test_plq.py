@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-import srq.quant.plq as plq_mod
 from srq.quant import (
     QuantFormat,
     QuantSpec,
@@ -80,32 +79,46 @@ def test_b_below_3_is_rejected():
         PLQFormat(bits=2)
 
 
+def _composed(x, la, bp, ua, bits, grid, rnd):
+    """The module docstring's equations, term by term, with rounding ``rnd`` (independent of
+    the fused implementation)."""
+    n_d, n_t = 2 ** (bits - 1) - 1, 2 ** (bits - 2) - 1
+    step_d, step_lo, step_hi = 2 * bp / n_d, (-bp - la) / n_t, (ua - bp) / n_t
+
+    def clip(v, lo, hi):
+        return torch.where(v < lo, lo, torch.where(v > hi, hi, v))
+
+    c = clip(x, -bp, bp)
+    if grid == "centered":
+        dense = clip(step_d * rnd(c / step_d), -bp, bp)
+    else:
+        dense = -bp + step_d * rnd((c + bp) / step_d)
+    low = la + step_lo * rnd((clip(x, la, -bp) - la) / step_lo)
+    high = bp + step_hi * rnd((clip(x, bp, ua) - bp) / step_hi)
+    below, above = (x < -bp).detach(), (x > bp).detach()
+    return torch.where(below, low, torch.where(above, high, dense))
+
+
+def _ste(t):
+    return t + (torch.round(t) - t).detach()
+
+
 def _surrogate_grad(fn, param_values, index, h=1e-4):
-    """Finite difference of ``fn`` with every rounding residual (⌊t⌉ − t) held at its value
-    at the unperturbed point: the function whose exact derivative the STE reports."""
-    residuals, replay = [], []
+    """Finite difference of ``fn(rnd, *params)`` with every rounding residual (⌊t⌉ − t) held
+    at its value at the unperturbed point: the function whose exact derivative the STE reports."""
+    residuals = []
 
-    def recording(t, rounding="half_even"):
-        res = torch.round(t) - t
-        residuals.append(res)
-        return t + res
+    def recording(t):
+        residuals.append(torch.round(t) - t)
+        return t + residuals[-1]
 
-    def replaying(t, rounding="half_even"):
-        return t + replay.pop(0)
-
-    orig = plq_mod.round_ste
-    try:
-        plq_mod.round_ste = recording
-        fn(*param_values)
-        out = []
-        for sign in (1, -1):
-            vals = list(param_values)
-            vals[index] = vals[index] + sign * h
-            replay[:] = list(residuals)
-            plq_mod.round_ste = replaying
-            out.append(float(fn(*vals)))
-    finally:
-        plq_mod.round_ste = orig
+    fn(recording, *param_values)
+    out = []
+    for sign in (1, -1):
+        vals = list(param_values)
+        vals[index] = vals[index] + sign * h
+        replay = list(residuals)
+        out.append(float(fn(lambda t: t + replay.pop(0), *vals)))
     return (out[0] - out[1]) / (2 * h)
 
 
@@ -116,14 +129,32 @@ def test_bound_gradients_match_finite_differences(bits, grid):
     x = torch.cat([torch.randn(300) * 1.5, torch.tensor([-9.5, -6.3, 5.5, 11.0, 13.0])]).double()
     w = torch.rand_like(x)  # a generic downstream loss Σ w·x_q
 
-    def fn(la, bp, ua):
-        return (w * fake_quantize_plq(x, la, bp, ua, bits, grid)).sum()
-
     params = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (LA, BP, UA)]
-    fn(*params).backward()
+    (w * fake_quantize_plq(x, *params, bits, grid)).sum().backward()
     for i, p in enumerate(params):
-        fd = _surrogate_grad(fn, [torch.tensor(v, dtype=torch.float64) for v in (LA, BP, UA)], i)
+        fd = _surrogate_grad(lambda rnd, *b: (w * _composed(x, *b, bits, grid, rnd)).sum(),
+                             [torch.tensor(v, dtype=torch.float64) for v in (LA, BP, UA)], i)
         assert p.grad.item() == pytest.approx(fd, rel=1e-5, abs=1e-7), ("la", "bp", "ua")[i]
+
+
+@pytest.mark.parametrize("grid", ["centered", "offset"])
+@pytest.mark.parametrize("bits", [3, 4, 5, 8])
+def test_fused_quantizer_equals_the_composed_equations(bits, grid):
+    """Values and all four gradients (x, l_a, bp, u_a) of the fused autograd function equal
+    autograd through the composed equations with straight-through rounding."""
+    torch.manual_seed(bits)
+    x = torch.cat([torch.randn(4000) * 3, torch.linspace(-12, 14, 501),
+                   torch.tensor([BP, -BP, LA, UA])]).double()  # ±bp: the centred clip
+    w = torch.rand_like(x)
+    results = []
+    for fn in (lambda *a: fake_quantize_plq(*a, bits, grid), lambda *a: _composed(*a, bits, grid, _ste)):
+        xs = x.clone().requires_grad_(True)
+        params = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (LA, BP, UA)]
+        out = fn(xs, *params)
+        (w * out).sum().backward()
+        results.append([out.detach(), xs.grad] + [p.grad for p in params])
+    for name, a, b in zip(("value", "x", "la", "bp", "ua"), *results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
 
 
 def test_clipped_elements_give_exact_unit_gradients():

@@ -36,3 +36,19 @@ def test_collect_results_empty_dir(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True,
                           text=True)
     assert proc.returncode == 1 and "no results.json" in proc.stderr
+
+
+def test_quant_ratios_reproduce_2dquant_swinir_light(tmp_path):
+    """SwinIR-light ×4 (2DQuant's op set): compression 3.07/3.31/3.60 at 4/3/2 bits and
+    F_q = 14.34 G MACs at a 128² input are the numbers of the 2DQuant paper (METHODS §3.5)."""
+    out = tmp_path / "ratios.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "quant_ratios.py"
+    subprocess.run([sys.executable, str(script), "--models", "swinir_s_x4", "--bits", "w4a4",
+                    "w3a3", "w2a2", "--out", str(out)], capture_output=True, text=True, check=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [round(r["compression"], 2) for r in rows] == [3.07, 3.31, 3.60]
+    assert {(r["params"], r["quantized_params"]) for r in rows} == {(897_228, 691_200)}
+    assert round(rows[0]["quantized_macs"] / 1e9, 2) == 14.34
+    speedups = [r["speedup"] for r in rows]
+    assert 1 < speedups[0] < speedups[1] < speedups[2] < rows[0]["macs"] / (rows[0]["macs"] - rows[0]["quantized_macs"])
+    assert out.with_suffix(".md").read_text().count("| swinir_s_x4 |") == 3

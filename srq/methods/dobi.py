@@ -65,6 +65,15 @@ class DOBIInit:
                          edge_weight=weight and weight.replace(bits=8),
                          edge_input=act and act.replace(bits=8), input_overrides=overrides)
 
+    def quantized_copy(self, teacher, spec: QuantSpec, ops: str, example):
+        """A deep copy of ``teacher`` with the op set ``ops`` wrapped by ``spec`` (uncalibrated):
+        cnn → every conv/linear; transformer → every Linear and attention MatMul."""
+        student = copy.deepcopy(teacher)
+        include = ["*"] if ops == "cnn" else [
+            n for n, m in teacher.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
+        quantize(student, spec, include=include, exclude=list(self.cfg.exclude), example_input=example)
+        return student
+
     def prepare(self, teacher, context, data=None):
         """quantize + DOBI calibration → (student, train patches, val patches, info, seconds);
         ``data``: the (train, val, info) of :func:`finetune_data` when already drawn."""
@@ -73,11 +82,7 @@ class DOBIInit:
         spec = self.spec(run_cfg.bits, ops)
         start = time.perf_counter()
         train, val, data_info = data or finetune_data(run_cfg, self.cfg, teacher.scale)
-        student = copy.deepcopy(teacher)
-        include = ["*"] if ops == "cnn" else [
-            n for n, m in teacher.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
-        quantize(student, spec, include=include, exclude=list(self.cfg.exclude),
-                 example_input=train[0][None])
+        student = self.quantized_copy(teacher, spec, ops, train[0][None])
         try:
             run_calibration(student, train, data_info["batch_size"])
         except (RuntimeError, FloatingPointError) as exc:

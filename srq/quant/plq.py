@@ -12,7 +12,7 @@ with ``n_t = 2^{b−2} − 1`` steps each:
 
 The region is chosen by the unquantized x (a constant mask backwards); rounding is
 straight-through and clipping passes gradients to the bound it clips to, so l_a, u_a and
-bp all get gradients by autograd.
+bp all get gradients (one fused autograd function computes them in closed form).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from srq.quant.primitives import clip, round_ste
 from srq.quant.quantizer import Quantizer
 
 DENSE_GRIDS = ("centered", "offset")
@@ -60,23 +59,74 @@ class PLQFormat:
         return dataclasses.replace(self, **changes)
 
 
+def _plq_grid(x, la, bp, ua, bits: int, centered: bool):
+    """Per element: region masks, origin o, step s and t = (clip(x, l_a, u_a) − o)/s, so that
+    x_q = o + s⌊t⌉ (dense centred: then clipped to ±bp)."""
+    n_d, n_t = 2 ** (bits - 1) - 1, 2 ** (bits - 2) - 1
+    below, above = x < -bp, x > bp
+    origin_dense = torch.zeros_like(bp) if centered else -bp
+    o = torch.where(below, la, torch.where(above, bp, origin_dense))
+    s = torch.where(below, (-bp - la) / n_t, torch.where(above, (ua - bp) / n_t, 2 * bp / n_d))
+    return below, above, o, s, (x.clamp(la, ua) - o) / s
+
+
+class _PLQFakeQuantize(torch.autograd.Function):
+    """Fused forward/backward of :func:`fake_quantize_plq`: saves only x and recomputes the
+    grid backwards (the composed autograd graph kept ~20 intermediate tensors per call).
+
+    With r = ⌊t⌉ − t (straight-through rounding) the gradients are, per element
+        ∂x_q/∂x  = 1[l_a ≤ x ≤ u_a] (0 where the centred dense value is clipped to ±bp)
+        ∂x_q/∂l_a = 1[x < l_a] − r/n_t              (x < −bp)
+        ∂x_q/∂u_a = 1[x > u_a] + r/n_t              (x > bp)
+        ∂x_q/∂bp  = −r/n_t (tails), 2r/n_d (dense), ±1 (centred dense clipped to ±bp).
+    """
+
+    @staticmethod
+    def forward(ctx, x, la, bp, ua, bits: int, centered: bool):
+        below, above, o, s, t = _plq_grid(x, la, bp, ua, bits, centered)
+        out = o + s * torch.round(t)
+        if centered:
+            out = torch.where(below | above, out, out.clamp(-bp, bp))
+        ctx.save_for_backward(x, la, bp, ua)
+        ctx.bits, ctx.centered = bits, centered
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, la, bp, ua = ctx.saved_tensors
+        bits, centered = ctx.bits, ctx.centered
+        n_d, n_t = 2 ** (bits - 1) - 1, 2 ** (bits - 2) - 1
+        below, above, o, s, t = _plq_grid(x, la, bp, ua, bits, centered)
+        q = torch.round(t)
+        dense = ~(below | above)
+        passes = (x >= la) & (x <= ua)
+        clipped_sign = None
+        if centered:  # s·⌊t⌉ beyond ±bp (only possible in the dense region) was clipped
+            value = s * q
+            clipped = dense & (value.abs() > bp)
+            clipped_sign = torch.sign(value) * clipped
+            passes &= ~clipped
+            dense &= ~clipped
+        g_x = grad * passes if ctx.needs_input_grad[0] else None
+        if not any(ctx.needs_input_grad[1:4]):
+            return g_x, None, None, None, None, None
+        g_r = grad * (q - t)
+        low_sum, high_sum = (g_r * below).sum(), (g_r * above).sum()
+        g_la = (grad * (x < la)).sum() - low_sum / n_t
+        g_ua = (grad * (x > ua)).sum() + high_sum / n_t
+        g_bp = (g_r * dense).sum() * (2 / n_d) - (low_sum + high_sum) / n_t
+        if clipped_sign is not None:
+            g_bp = g_bp + (grad * clipped_sign).sum()
+        return g_x, g_la, g_bp, g_ua, None, None
+
+
 def fake_quantize_plq(x: torch.Tensor, la: torch.Tensor, bp: torch.Tensor, ua: torch.Tensor,
                       bits: int, dense_grid: str = "centered") -> torch.Tensor:
-    """Quantize–dequantize ``x`` on the piecewise-linear grid (module docstring)."""
-    n_d, n_t = 2 ** (bits - 1) - 1, 2 ** (bits - 2) - 1
-    step_d = 2 * bp / n_d
-    step_lo = (-bp - la) / n_t
-    step_hi = (ua - bp) / n_t
-    c = clip(x, -bp, bp)
-    if dense_grid == "centered":
-        dense = clip(step_d * round_ste(c / step_d), -bp, bp)
-    else:
-        dense = -bp + step_d * round_ste((c + bp) / step_d)
-    low = la + step_lo * round_ste((clip(x, la, -bp) - la) / step_lo)
-    high = bp + step_hi * round_ste((clip(x, bp, ua) - bp) / step_hi)
-    with torch.no_grad():
-        below, above = x < -bp, x > bp
-    return torch.where(below, low, torch.where(above, high, dense))
+    """Quantize–dequantize ``x`` on the piecewise-linear grid (module docstring), with
+    straight-through rounding and clipping gradients to the bound clipped to."""
+    if dense_grid not in DENSE_GRIDS:
+        raise ValueError(f"unknown dense_grid {dense_grid!r}; valid: {', '.join(DENSE_GRIDS)}")
+    return _PLQFakeQuantize.apply(x, la, bp, ua, bits, dense_grid == "centered")
 
 
 def plq_codes(x: torch.Tensor, la, bp, ua, bits: int, dense_grid: str = "centered"
