@@ -154,3 +154,29 @@ def test_harmoq_cli_is_deterministic_and_reports_its_steps(tmp_path, data_dir):
     off = _run(tmp_path / "c", "method=harmoq", "method.hso.enabled=false", "method.src.enabled=false",
                "method.abr.enabled=false")
     assert off["calibration"]["hso"] is None and off["finetune"] is None
+    literal = _run(tmp_path / "d", "method=harmoq", "method.order=abstract")
+    assert literal["calibration"]["order"] == "abstract" and not literal["finetune"]["resolve_src"]
+    assert literal["calibration"]["src"]["layers"] == 24 and literal["calibration"]["hso"]["norm_linear"] == 12
+    assert literal["metrics"]["Set5"]["psnr_y"] != a["metrics"]["Set5"]["psnr_y"]
+
+
+def test_harmoq_with_its_own_parts_off_is_2dquant(tmp_path, data_dir):
+    """HSO, SRC and the balance term off, DQC's bound parametrisation and loss weights: the
+    refinement is DQC, so the result equals method=2dquant's (the ablation table's base row)."""
+    common = [a for a in TINY if not a.startswith("method.abr.")]
+    results = []
+    for name, args in (("dqc", ["method=2dquant", "method.dqc.iterations=4",
+                                "method.dqc.batch_size=2", "method.dqc.num_patches=4"]),
+                       ("base", ["method=harmoq", "method.hso.enabled=false",
+                                 "method.src.enabled=false", "method.abr.lambda_bal=0",
+                                 "method.abr.relative=false", "method.abr.lr=1e-2",
+                                 "method.abr.lambda_feat=5", "method.abr.rounds=1",
+                                 "method.abr.steps=4", "method.abr.batch_size=2",
+                                 "method.abr.num_patches=4"])):
+        (tmp_path / name).mkdir()
+        proc = srq([*common, *args], tmp_path / name)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(results_files(tmp_path / name)[-1].read_text()))
+    dqc, base = results
+    assert base["metrics"]["Set5"]["psnr_y"] == dqc["metrics"]["Set5"]["psnr_y"]
+    assert base["finetune"]["steps"] == dqc["finetune"]["steps"] == 4

@@ -199,3 +199,19 @@ def test_uncalled_layer_is_reported():
     with pytest.raises(RuntimeError, match="saw no data .*unused"):
         with calibration_mode(net), torch.no_grad():
             net["used"](torch.rand(1, 3, 4, 4))
+
+
+def test_layers_that_never_run_stay_unwrapped():
+    """CARN-M ×4 holds ×2/×3 upsamplers it never calls and fixed mean-shift 1×1 convs: the
+    edges are the real entry/exit convs and calibration sees data in every quantizer."""
+    model = build_model("carn_m_x4", pretrained=False)
+    x = torch.rand(2, 3, 12, 12)
+    quantize(model, QuantSpec(QuantFormat(4, "narrow", axis=0), QuantFormat(4)), example_input=x[:1])
+    qmap = quantization_map(model)
+    names = list(qmap)
+    assert not [n for n in names if ".up2." in n or ".up3." in n or "mean" in n]
+    assert (names[0], names[-1]) == ("net.entry", "net.exit")
+    assert qmap["net.exit"]["weight"].startswith("int8") and qmap["net.c3.body.0"]["weight"].startswith("int4")
+    with calibration_mode(model), torch.no_grad():
+        model(x)
+    assert torch.isfinite(model(x)).all()

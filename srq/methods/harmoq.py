@@ -9,9 +9,11 @@ equations and code were not available). Same ops, quantizers and data as 2DQuant
          balance term, and SRC re-solved at the start of every round  [abr.enabled]
     freeze
 
-Every switch is in conf/method/harmoq.yaml. Only the order above (METHODS' argued order) is
-implemented; the abstract's literal SRC → HSO → ABR would fold scales into already
-corrected, quantized layers (see docs/METHODS_NOTES.md).
+Every switch is in conf/method/harmoq.yaml. ``order: hso_first`` is the order above
+(METHODS' argued order, the default); ``order: abstract`` is the abstract's literal
+SRC → HSO → ABR: DOBI + SRC on the unfolded model, the corrected weights copied into an FP
+model, HSO folded into that, DOBI again (the SRC correction was solved for the old grid),
+then ABR without SRC re-solves.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tqdm.auto import tqdm
 
 from srq.lit.distill import DistillationModule
 from srq.lit.losses import BalanceLoss, NormalizedFeatureLoss, OutputL1, WeightedSum
+from srq.errors import SrqError
 from srq.methods.dobi import DOBIInit
 from srq.methods.finetune import finetune_data, fit, more_patches
 from srq.models.zoo import feature_blocks, get_spec
@@ -34,6 +37,9 @@ from srq.quant.harmonize import harmonize
 from srq.quant.modules import QuantModule
 from srq.quant.residual import ResidualStats, correct_linear
 from srq.quant.size import quantized_size_mb
+
+
+ORDERS = ("hso_first", "abstract")
 
 
 class _Stop(Exception):
@@ -92,6 +98,13 @@ def _reinit_weight_bounds(student, names: list[str]) -> None:
             wq.finish_calibration()
 
 
+def _linears_in_order(student, batches) -> list[str]:
+    """The student's quantized Linear layers in execution order."""
+    names = [n for n, m in wrapped_modules(student)
+             if isinstance(m, QuantModule) and type(m.module).__name__ == "Linear"]
+    return execution_order(student, batches[0][:1], names)
+
+
 class _ResolveSRC(L.Callback):
     """ABR rounds: re-solve SRC with the current bounds every ``every`` steps."""
 
@@ -108,38 +121,49 @@ class HarmoQ(DOBIInit):
         from srq.methods import MethodResult
 
         run_cfg, cfg = context["cfg"], self.cfg
+        order = cfg.get("order", "hso_first")
+        if order not in ORDERS:
+            raise SrqError(f"unknown method.order={order!r}; valid: {', '.join(ORDERS)}")
         start = time.perf_counter()
         info: dict = {}
-        fp = teacher
         data = finetune_data(run_cfg, cfg, teacher.scale)  # drawn once: HSO statistics and DOBI
+        batches = list(data[0].batches(data[2]["batch_size"]))
+        fp = teacher
+        if order == "abstract" and cfg.src.enabled:  # SRC on the unfolded model first
+            student, _, _, _, _ = self.prepare(teacher, context, data)
+            linears = _linears_in_order(student, batches)
+            info["src"] = residual_calibrate(teacher, student, linears, batches, cfg.src)
+            fp = copy.deepcopy(teacher)  # FP model carrying the corrected weights
+            modules = dict(student.named_modules())
+            for name in linears:
+                fp.get_submodule(name).load_state_dict(modules[name].module.state_dict())
         if cfg.hso.enabled:
-            calib, _, data_info = data
-            fp = copy.deepcopy(teacher)  # the harmonized FP model: same output, new coordinates
-            info["hso"] = harmonize(fp, list(calib.batches(data_info["batch_size"])),
-                                    alpha=float(cfg.hso.alpha), qk=bool(cfg.hso.qk),
+            fp = copy.deepcopy(fp) if fp is teacher else fp  # same output, new coordinates
+            info["hso"] = harmonize(fp, batches, alpha=float(cfg.hso.alpha), qk=bool(cfg.hso.qk),
                                     norm_linear=bool(cfg.hso.norm_linear), v_proj=bool(cfg.hso.v_proj))
         student, train, val, data_info, _ = self.prepare(fp, context, data)
-        batches = list(train.batches(data_info["batch_size"]))
-        linears = [n for n, m in wrapped_modules(student)
-                   if isinstance(m, QuantModule) and type(m.module).__name__ == "Linear"]
-        linears = execution_order(student, batches[0][:1], linears)
-        if cfg.src.enabled:
+        linears = _linears_in_order(student, batches)
+        if order == "hso_first" and cfg.src.enabled:
             info["src"] = residual_calibrate(fp, student, linears, batches, cfg.src)
             _reinit_weight_bounds(student, linears)
         t_calib = time.perf_counter() - start
         ft = None
         start = time.perf_counter()
         if cfg.abr.enabled:
-            ft = self.refine(fp, student, train, val, batches, linears, context)
+            # abstract order: the teacher is the original model (its corrected copy is not FP)
+            distill_from = teacher if order == "abstract" and cfg.src.enabled else fp
+            ft = self.refine(distill_from, student, train, val, batches, linears, context,
+                             resolve_src=order == "hso_first")
         freeze(student)
         return MethodResult(
             student=student,
             time_s={"calibrate": round(t_calib, 3), "finetune": round(time.perf_counter() - start, 3)},
-            info={"calibration": {**data_info, "hso": info.get("hso"), "src": info.get("src")},
+            info={"calibration": {**data_info, "order": order, "hso": info.get("hso"),
+                                  "src": info.get("src")},
                   "finetune": ft, "size_mb": quantized_size_mb(student),
                   "quantization_map": quantization_map(student)})
 
-    def refine(self, fp, student, train, val, batches, linears, context) -> dict:
+    def refine(self, fp, student, train, val, batches, linears, context, resolve_src=True) -> dict:
         run_cfg, a = context["cfg"], self.cfg.abr
         arch = get_spec(run_cfg.model.name).arch
         if a.get("num_patches"):  # training patches: same source, seed + 2
@@ -173,11 +197,12 @@ class HarmoQ(DOBIInit):
             betas=tuple(a.betas), lr_schedule=a.lr_schedule, total_steps=total,
             projections=[q.project_ for _, q in quantizers(student)], scale=fp.scale)
         callbacks = []
-        if self.cfg.src.enabled and a.resolve_src and int(a.rounds) > 1:
+        resolve_src = resolve_src and self.cfg.src.enabled and bool(a.resolve_src)
+        if resolve_src and int(a.rounds) > 1:
             callbacks.append(_ResolveSRC(
                 lambda: residual_calibrate(fp, student, linears, batches, self.cfg.src), int(a.steps)))
         common = fit(module, train, val, int(a.batch_size), context, steps=total, callbacks=callbacks)
         return {"preset": a.preset, "rounds": int(a.rounds), **common, "lr": float(a.lr),
                 "relative": bool(a.relative), "lambda_bal": float(a.lambda_bal),
-                "balance_target": a.balance_target, "resolve_src": bool(a.resolve_src),
+                "balance_target": a.balance_target, "resolve_src": resolve_src,
                 "feature_blocks": len(blocks)}

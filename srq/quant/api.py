@@ -59,7 +59,8 @@ def _matches(name: str, patterns) -> bool:
 
 
 def execution_order(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> list[str]:
-    """``names`` sorted by first call in a forward pass on ``example_input``."""
+    """``names`` sorted by first call in a forward pass on ``example_input``; names that are
+    never called (e.g. CARN-M's ×2/×3 upsamplers in the ×4 model) are dropped."""
     order: list[str] = []
     modules = dict(model.named_modules())
     hooks = [modules[n].register_forward_pre_hook(
@@ -70,7 +71,7 @@ def execution_order(model: nn.Module, example_input: torch.Tensor, names: list[s
     finally:
         for h in hooks:
             h.remove()
-    return order + [n for n in names if n not in order]
+    return order
 
 
 def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None,
@@ -80,7 +81,8 @@ def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None
     modules whose names match ``include`` and none of ``exclude`` (fnmatch globs), in place.
 
     First/last layer: by execution order on ``example_input`` (registration order without
-    it), among the selected weight layers. Returns ``model``.
+    it), among the selected weight layers; modules that do not run on ``example_input`` stay
+    unwrapped. Returns ``model``.
     """
     include, exclude = include or ["*"], exclude or []
     selected = []

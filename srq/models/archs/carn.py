@@ -2,20 +2,32 @@
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _SCALES = (2, 3, 4)
 
 
+class _FixedConv1x1(nn.Module):
+    """A constant 1×1 convolution (weight and bias are buffers, not parameters): input
+    normalisation, never trained or quantized."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias)
+
+
 class MeanShift(nn.Module):
-    """Fixed 1x1 convolution adding (or subtracting) the per-channel RGB mean."""
+    """Adds (or subtracts) the per-channel RGB mean: a fixed 1×1 convolution, kept under the
+    checkpoint's ``shifter.weight`` / ``shifter.bias`` keys."""
 
     def __init__(self, rgb_mean, sign: float):
         super().__init__()
-        self.shifter = nn.Conv2d(3, 3, 1)
-        with torch.no_grad():
-            self.shifter.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.shifter.bias.copy_(sign * torch.tensor(rgb_mean, dtype=torch.float32))
-        self.shifter.requires_grad_(False)
+        self.shifter = _FixedConv1x1(torch.eye(3).view(3, 3, 1, 1),
+                                     sign * torch.tensor(rgb_mean, dtype=torch.float32))
 
     def forward(self, x):
         return self.shifter(x)
