@@ -25,9 +25,9 @@ import lightning as L
 import torch
 from tqdm.auto import tqdm
 
+from srq.errors import SrqError
 from srq.lit.distill import DistillationModule
 from srq.lit.losses import BalanceLoss, NormalizedFeatureLoss, OutputL1, WeightedSum
-from srq.errors import SrqError
 from srq.methods.dobi import DOBIInit
 from srq.methods.finetune import finetune_data, fit, more_patches
 from srq.models.zoo import feature_blocks, get_spec
@@ -37,7 +37,6 @@ from srq.quant.harmonize import harmonize
 from srq.quant.modules import QuantModule
 from srq.quant.residual import ResidualStats, correct_linear
 from srq.quant.size import quantized_size_mb
-
 
 ORDERS = ("hso_first", "abstract")
 
