@@ -4,7 +4,8 @@
     python scripts/bench_finetune.py --models imdtn_x4 --method 2dquant --bits w4a4
 
 One fine-tuning step (SAFT or DQC) = teacher forward (no grad, feature taps) + student forward
-(fake quant, taps) + loss + backward + Adam step + bound projection. The reference is one FP
+(fake quant, taps) + loss + backward + Adam step + bound projection, cycling through the
+schedule's stages (only the stage's group gets gradients, as in training). The reference is one FP
 forward/backward (L1 to a fixed target, all weights trainable) on the same batch. Steps are
 alternated ``repeats`` times after a warm-up; medians and their ratio are reported (goal ≤ 2.5×).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -67,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         groups = [p for params in module._groups.values() for p in params]
         batch = torch.stack([train[i] for i in range(batch_size)])
 
-        def finetune_step():
+        stage = itertools.count()
+
+        def finetune_step():  # the stages of a staged schedule in turn (SAFT: u_w, l_a/u_a, bp)
+            module.activate(next(stage))
             out_s, out_t, fs, ft = module._forward_pair(batch)
             loss = module.objective(out_s, out_t, fs, ft)
             for opt in optimizers:

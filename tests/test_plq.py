@@ -155,6 +155,10 @@ def test_fused_quantizer_equals_the_composed_equations(bits, grid):
         results.append([out.detach(), xs.grad] + [p.grad for p in params])
     for name, a, b in zip(("value", "x", "la", "bp", "ua"), *results):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+    for i in range(3):  # one bound trainable at a time (SAFT's stages): the same gradient
+        params = [torch.tensor(v, dtype=torch.float64, requires_grad=j == i) for j, v in enumerate((LA, BP, UA))]
+        (w * fake_quantize_plq(x, *params, bits, grid)).sum().backward()
+        torch.testing.assert_close(params[i].grad, results[0][2 + i], rtol=1e-12, atol=0)
 
 
 def test_clipped_elements_give_exact_unit_gradients():

@@ -88,6 +88,15 @@ class DistillationModule(L.LightningModule):
     def active_groups(self, epoch: int) -> list[str]:
         return self.schedule[epoch % len(self.schedule)]
 
+    def activate(self, epoch: int) -> list[str]:
+        """Gradients on for the groups that train in ``epoch``, off for the rest (no backward
+        work for a group sitting out); returns their names."""
+        active = self.active_groups(epoch)
+        for name, params in self._groups.items():
+            for p in params:
+                (p[0] if isinstance(p, tuple) else p).requires_grad_(name in active)
+        return active
+
     def _optimizers(self) -> list:
         optimizers = self.optimizers()
         return optimizers if isinstance(optimizers, list) else [optimizers]
@@ -124,7 +133,7 @@ class DistillationModule(L.LightningModule):
         return out_s, out_t, fs, ft
 
     def training_step(self, batch, batch_idx):
-        active = self.active_groups(self.current_epoch)
+        active = self.activate(self.current_epoch)
         by_name = dict(zip(self.group_names, self._optimizers()))
         out_s, out_t, fs, ft = self._forward_pair(batch)
         loss = self.objective(out_s, out_t, fs, ft)

@@ -5,7 +5,7 @@ equations and code were not available). Same ops, quantizers and data as 2DQuant
     DOBI initial bounds
     SRC: per quantized linear, in forward order, a closed-form ridge weight
          correction for the error of its quantized input; DOBI re-init of weight bounds [src.enabled]
-    ABR: DQC-style bound training with a relative parametrisation, the weight/activation
+    ABR: DQC-style bound training (optionally relative parametrisation), the weight/activation
          balance term, and SRC re-solved at the start of every round  [abr.enabled]
     freeze
 

@@ -107,16 +107,22 @@ class _PLQFakeQuantize(torch.autograd.Function):
             clipped_sign = torch.sign(value) * clipped
             passes &= ~clipped
             dense &= ~clipped
-        g_x = grad * passes if ctx.needs_input_grad[0] else None
-        if not any(ctx.needs_input_grad[1:4]):
-            return g_x, None, None, None, None, None
+        need_x, need_la, need_bp, need_ua = ctx.needs_input_grad[:4]
+        g_x = grad * passes if need_x else None
+        g_la = g_bp = g_ua = None
+        if not (need_la or need_bp or need_ua):
+            return g_x, g_la, g_bp, g_ua, None, None
         g_r = grad * (q - t)
-        low_sum, high_sum = (g_r * below).sum(), (g_r * above).sum()
-        g_la = (grad * (x < la)).sum() - low_sum / n_t
-        g_ua = (grad * (x > ua)).sum() + high_sum / n_t
-        g_bp = (g_r * dense).sum() * (2 / n_d) - (low_sum + high_sum) / n_t
-        if clipped_sign is not None:
-            g_bp = g_bp + (grad * clipped_sign).sum()
+        low_sum = (g_r * below).sum() if need_la or need_bp else 0.0
+        high_sum = (g_r * above).sum() if need_ua or need_bp else 0.0
+        if need_la:
+            g_la = (grad * (x < la)).sum() - low_sum / n_t
+        if need_ua:
+            g_ua = (grad * (x > ua)).sum() + high_sum / n_t
+        if need_bp:
+            g_bp = (g_r * dense).sum() * (2 / n_d) - (low_sum + high_sum) / n_t
+            if clipped_sign is not None:
+                g_bp = g_bp + (grad * clipped_sign).sum()
         return g_x, g_la, g_bp, g_ua, None, None
 
 
