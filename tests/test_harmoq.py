@@ -144,8 +144,9 @@ def _run(tmp_path: Path, *args):
 
 
 def test_harmoq_cli_is_deterministic_and_reports_its_steps(tmp_path, data_dir):
-    a = _run(tmp_path / "a", "method=harmoq")
-    b = _run(tmp_path / "b", "method=harmoq")
+    every_part = ["method=harmoq", "method.src.enabled=true", "method.abr.lambda_bal=0.01"]
+    a = _run(tmp_path / "a", *every_part)
+    b = _run(tmp_path / "b", *every_part)
     assert a["metrics"]["Set5"]["psnr_y"] == b["metrics"]["Set5"]["psnr_y"]
     assert a["metrics"]["Set5"]["psnr_y"] == a["metrics"]["Set5"]["psnr_y"]  # finite, not NaN
     cal = a["calibration"]
@@ -154,7 +155,7 @@ def test_harmoq_cli_is_deterministic_and_reports_its_steps(tmp_path, data_dir):
     off = _run(tmp_path / "c", "method=harmoq", "method.hso.enabled=false", "method.src.enabled=false",
                "method.abr.enabled=false")
     assert off["calibration"]["hso"] is None and off["finetune"] is None
-    literal = _run(tmp_path / "d", "method=harmoq", "method.order=abstract")
+    literal = _run(tmp_path / "d", *every_part, "method.order=abstract")
     assert literal["calibration"]["order"] == "abstract" and not literal["finetune"]["resolve_src"]
     assert literal["calibration"]["src"]["layers"] == 24 and literal["calibration"]["hso"]["norm_linear"] == 12
     assert literal["metrics"]["Set5"]["psnr_y"] != a["metrics"]["Set5"]["psnr_y"]

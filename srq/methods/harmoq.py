@@ -9,7 +9,8 @@ equations and code were not available). Same ops, quantizers and data as 2DQuant
          balance term, and SRC re-solved at the start of every round  [abr.enabled]
     freeze
 
-Every switch is in conf/method/harmoq.yaml. ``order: hso_first`` is the order above
+Every switch is in conf/method/harmoq.yaml; by measurement (docs/RESULTS.md §8) the default
+keeps HSO and turns SRC and the balance term off. ``order: hso_first`` is the order above
 (METHODS' argued order, the default); ``order: abstract`` is the abstract's literal
 SRC → HSO → ABR: DOBI + SRC on the unfolded model, the corrected weights copied into an FP
 model, HSO folded into that, DOBI again (the SRC correction was solved for the old grid),

@@ -71,8 +71,9 @@ def _plq_grid(x, la, bp, ua, bits: int, centered: bool):
 
 
 class _PLQFakeQuantize(torch.autograd.Function):
-    """Fused forward/backward of :func:`fake_quantize_plq`: saves only x and recomputes the
-    grid backwards (the composed autograd graph kept ~20 intermediate tensors per call).
+    """Fused forward/backward of :func:`fake_quantize_plq`: saves x and the ∂x_q/∂x mask and
+    recomputes the grid backwards only when a bound needs its gradient (the composed autograd
+    graph kept ~20 intermediate tensors per call).
 
     With r = ⌊t⌉ − t (straight-through rounding) the gradients are, per element
         ∂x_q/∂x  = 1[l_a ≤ x ≤ u_a] (0 where the centred dense value is clipped to ±bp)
@@ -85,33 +86,26 @@ class _PLQFakeQuantize(torch.autograd.Function):
     def forward(ctx, x, la, bp, ua, bits: int, centered: bool):
         below, above, o, s, t = _plq_grid(x, la, bp, ua, bits, centered)
         out = o + s * torch.round(t)
-        if centered:
-            out = torch.where(below | above, out, out.clamp(-bp, bp))
-        ctx.save_for_backward(x, la, bp, ua)
+        passes = (x >= la) & (x <= ua)  # ∂x_q/∂x, kept (1 byte/element) for the backward
+        if centered:  # s·⌊t⌉ beyond ±bp (only possible in the dense region) is clipped
+            clipped = ~(below | above) & (out.abs() > bp)
+            out = torch.where(clipped, out.clamp(-bp, bp), out)
+            passes &= ~clipped
+        ctx.save_for_backward(x, la, bp, ua, passes)
         ctx.bits, ctx.centered = bits, centered
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, la, bp, ua = ctx.saved_tensors
-        bits, centered = ctx.bits, ctx.centered
-        n_d, n_t = 2 ** (bits - 1) - 1, 2 ** (bits - 2) - 1
-        below, above, o, s, t = _plq_grid(x, la, bp, ua, bits, centered)
-        q = torch.round(t)
-        dense = ~(below | above)
-        passes = (x >= la) & (x <= ua)
-        clipped_sign = None
-        if centered:  # s·⌊t⌉ beyond ±bp (only possible in the dense region) was clipped
-            value = s * q
-            clipped = dense & (value.abs() > bp)
-            clipped_sign = torch.sign(value) * clipped
-            passes &= ~clipped
-            dense &= ~clipped
+        x, la, bp, ua, passes = ctx.saved_tensors
         need_x, need_la, need_bp, need_ua = ctx.needs_input_grad[:4]
         g_x = grad * passes if need_x else None
         g_la = g_bp = g_ua = None
         if not (need_la or need_bp or need_ua):
             return g_x, g_la, g_bp, g_ua, None, None
+        n_d, n_t = 2 ** (ctx.bits - 1) - 1, 2 ** (ctx.bits - 2) - 1
+        below, above, o, s, t = _plq_grid(x, la, bp, ua, ctx.bits, ctx.centered)
+        q = torch.round(t)
         g_r = grad * (q - t)
         low_sum = (g_r * below).sum() if need_la or need_bp else 0.0
         high_sum = (g_r * above).sum() if need_ua or need_bp else 0.0
@@ -120,9 +114,10 @@ class _PLQFakeQuantize(torch.autograd.Function):
         if need_ua:
             g_ua = (grad * (x > ua)).sum() + high_sum / n_t
         if need_bp:
-            g_bp = (g_r * dense).sum() * (2 / n_d) - (low_sum + high_sum) / n_t
-            if clipped_sign is not None:
-                g_bp = g_bp + (grad * clipped_sign).sum()
+            dense = ~(below | above)
+            g_bp = (g_r * (dense & passes)).sum() * (2 / n_d) - (low_sum + high_sum) / n_t
+            if ctx.centered:  # clipped dense values move with ±bp
+                g_bp = g_bp + (grad * torch.sign(s * q) * (dense & ~passes)).sum()
         return g_x, g_la, g_bp, g_ua, None, None
 
 
