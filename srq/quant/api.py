@@ -63,15 +63,19 @@ def execution_order(model: nn.Module, example_input: torch.Tensor, names: list[s
     never called (e.g. CARN-M's ×2/×3 upsamplers in the ×4 model) are dropped."""
     order: list[str] = []
     modules = dict(model.named_modules())
-    hooks = [modules[n].register_forward_pre_hook(
-        lambda mod, args, n=n: order.append(n) if n not in order else None) for n in names]
+    forward_with_hooks(model, example_input, [modules[n].register_forward_pre_hook(
+        lambda mod, args, n=n: order.append(n) if n not in order else None) for n in names])
+    return order
+
+
+def forward_with_hooks(model: nn.Module, example_input: torch.Tensor, handles: list) -> None:
+    """One no-grad forward of ``example_input``; the hook ``handles`` are removed afterwards."""
     try:
         with torch.no_grad():
             model(example_input)
     finally:
-        for h in hooks:
-            h.remove()
-    return order
+        for handle in handles:
+            handle.remove()
 
 
 def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None,

@@ -51,7 +51,7 @@ def op_macs(model: nn.Module, example) -> dict[str, int]:
 
         conv: numel(out)·C_in/groups·k_h·k_w    linear: numel(out)·C_in    matmul: numel(out)·K
     """
-    import torch
+    from srq.quant.api import forward_with_hooks
 
     macs: dict[str, int] = {}
 
@@ -66,14 +66,9 @@ def op_macs(model: nn.Module, example) -> dict[str, int]:
             macs[name] = macs.get(name, 0) + out.numel() * k
         return count
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) or type(m).__name__ == "MatMul"]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, [
+        m.register_forward_hook(hook(name)) for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or type(m).__name__ == "MatMul"])
     return macs
 
 
