@@ -215,3 +215,22 @@ def test_layers_that_never_run_stay_unwrapped():
     with calibration_mode(model), torch.no_grad():
         model(x)
     assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("weight,act,compression,speedup", [
+    (4, 4, 1472 / 352, 8.0),   # P_tot 46 (40 weights): 32·46 / (32·6 + 4·40); F 120 MACs at 4/32
+    (4, 8, 1472 / 352, 4.0),   # an op runs at its wider operand
+    (None, 4, 1.0, 1.0),       # FP weights: nothing smaller, nothing faster
+])
+def test_theoretical_ratios_hand_computed(weight, act, compression, speedup):
+    from srq.quant.size import op_macs, theoretical_ratios
+
+    model = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2))
+    x = torch.rand(3, 8)
+    macs = op_macs(model, x)
+    assert macs == {"0": 3 * 4 * 8, "1": 3 * 2 * 4}
+    wfmt = None if weight is None else QuantFormat(weight, "narrow", axis=0)
+    quantize(model, QuantSpec(wfmt, QuantFormat(act), layer_policy="all"), example_input=x)
+    ratios = theoretical_ratios(model, macs)
+    assert ratios["compression"] == pytest.approx(compression)
+    assert ratios["speedup"] == pytest.approx(speedup)

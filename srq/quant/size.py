@@ -83,6 +83,7 @@ def theoretical_ratios(student: nn.Module, macs: dict[str, int],
     :func:`op_macs` on the FP model (F_q: the quantized ops, each at its wider operand).
     """
     from srq.quant.api import wrapped_modules
+    from srq.quant.modules import QuantMatMul
 
     p_tot = sum(p.numel() for name, p in student.named_parameters()
                 if not any(s in name for s in skip_params) and "quantizer" not in name)
@@ -94,7 +95,8 @@ def theoretical_ratios(student: nn.Module, macs: dict[str, int],
             n = module.module.weight.numel()
             p_q += n
             p_bits -= (32 - wq.fmt.bits) * n
-        operands = (module.input_quantizer, module.other_quantizer if wq is None else wq)
+        operands = ((module.input_quantizer, module.other_quantizer) if isinstance(module, QuantMatMul)
+                    else (module.input_quantizer, wq))  # an FP weight keeps the op at 32 bits
         bits = max(32 if q is None else q.fmt.bits for q in operands)
         if bits < 32 and name in macs:
             f_q += macs[name]
