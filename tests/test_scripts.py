@@ -32,6 +32,25 @@ def test_collect_results_markdown_and_csv(tmp_path):
     assert len(csv_path.read_text().splitlines()) == 13
 
 
+def test_collect_results_by_run_puts_sets_side_by_side(tmp_path):
+    """Each run is one row; a set a run did not evaluate shows "–"; times come from time_s."""
+    full = _result("imdtn_x4", 30.0)
+    full["metrics"]["B100"] = {"psnr_y": 27.25, "ssim_y": 0.75, "n_images": 100}
+    full["time_s"] = {"calibrate": 19.4, "finetune": 240.6, "evaluate": 3.0}
+    (tmp_path / "0_a").mkdir()
+    (tmp_path / "0_a" / "results.json").write_text(json.dumps(full))
+    (tmp_path / "1_b").mkdir()
+    (tmp_path / "1_b" / "results.json").write_text(json.dumps(_result("lmlt_tiny_x4", 31.0)))
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--by-run"],
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == ("| model | method | bits | Set5 PSNR / SSIM | B100 PSNR / SSIM | "
+                        "calibrate s | fine-tune s |")
+    assert lines[2] == "| imdtn_x4 | minmax | w8a8 | 30.000 / 0.9000 | 27.250 / 0.7500 | 19 | 241 |"
+    assert lines[3] == "| lmlt_tiny_x4 | minmax | w8a8 | 31.000 / 0.9000 | – | – | – |"
+    assert len(lines) == 4
+
+
 def test_collect_results_empty_dir(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True,
                           text=True)
