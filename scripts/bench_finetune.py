@@ -22,13 +22,15 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
-from srq.methods import build_method
-from srq.methods.finetune import finetune_data
-from srq.methods.outlier import OutlierAwarePTQ
-from srq.methods.uniform import run_calibration
+from srq.api import method_config
+from srq.methods.common import as_batches, calibrate, samples
+from srq.methods.dobi import dobi_calibrated
+from srq.methods.dqc import dqc_module
+from srq.methods.outlier import OutlierConfig, outlier_spec, saft_module
 from srq.models.zoo import build_model, get_spec
 from srq.quant import quantize
 from srq.results import write_bench_report
+from srq.run import draw_calibration
 
 
 def _timed(fn) -> float:
@@ -54,17 +56,19 @@ def main(argv: list[str] | None = None) -> int:
                 "logger=none", "method.calib.num_patches=16", "method.calib.val_patches=0"])
         batch_size = args.batch_size or int(cfg.method.get("finetune", cfg.method.get("dqc")).batch_size)
         teacher = build_model(model_name)
-        method = build_method(args.method, cfg.method)
-        context = {"cfg": cfg}
-        if isinstance(method, OutlierAwarePTQ):
-            train, val, info = finetune_data(cfg, cfg.method, teacher.scale)
+        spec = get_spec(model_name)
+        method = method_config(cfg, spec.scale)
+        data = draw_calibration(method, spec.scale)
+        batches = as_batches(data.calib, method.calib.batch_size)
+        train = samples(data.calib)
+        if isinstance(method, OutlierConfig):
             student = copy.deepcopy(teacher)
-            quantize(student, method.spec(cfg.bits), example_input=train[0][None])
-            run_calibration(student, train, info["batch_size"])
-            module = method.distillation_module(teacher, student, train, info)
+            quantize(student, outlier_spec(method, method.bits), example_input=batches[0][:1])
+            calibrate(student, batches)
+            module = saft_module(teacher, student, method, batches, spec.scale)
         else:  # DOBI + DQC
-            student, train, _, _, _ = method.prepare(teacher, context)
-            module = method.distillation_module(teacher, student, get_spec(model_name).arch)
+            student, _, _ = dobi_calibrated(teacher, method, batches)
+            module = dqc_module(teacher, student, method, spec.feature_block_names(teacher), spec.scale)
         optimizers = module.configure_optimizers()
         groups = [p for params in module._groups.values() for p in params]
         batch = torch.stack([train[i] for i in range(batch_size)])

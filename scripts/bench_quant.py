@@ -17,7 +17,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from srq.data.benchmark import benchmark_set
-from srq.methods import build_method
+from srq.run import quantize_from_config
 from srq.models.zoo import build_model
 from srq.results import write_bench_report
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 teacher = build_model(model_name)
                 images = [lr[None].float() / 255 for _, lr, _ in benchmark_set(args.set, teacher.scale)]
                 start = time.perf_counter()
-                result = build_method(method_name, cfg.method).apply(teacher, {"cfg": cfg})
+                _, _, result = quantize_from_config(cfg, teacher)
                 calibrate_s = time.perf_counter() - start
                 student = result.student
                 _pass(teacher, images[:1]), _pass(student, images[:1])  # warm-up

@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_module
 
 from srq.data.benchmark import benchmark_set
 from srq.lit.evaluate import evaluate_sets
-from srq.methods import build_method
 from srq.models.zoo import build_model
+from srq.run import quantize_from_config
 from srq.quant import wrapped_modules
 from srq.quant.modules import QuantModule
 
@@ -44,18 +44,20 @@ def main(argv: list[str] | None = None) -> int:
             summary, _, _ = evaluate_sets(model, sets)
         return summary[args.set]["psnr_y"]
 
-    student = build_method(args.method, cfg.method).apply(teacher, {"cfg": cfg}).student
-    layers = [m for _, m in wrapped_modules(student) if isinstance(m, QuantModule)]
-    frozen = {id(m): m.frozen_weight for m in layers}
+    student = quantize_from_config(cfg, teacher)[2].model
+    layers = [(n, m) for n, m in wrapped_modules(student) if isinstance(m, QuantModule)]
+    fp_weights = dict(teacher.named_parameters())
+    # a frozen layer's weight is its quantized value; "off" puts the teacher's FP weight back
+    weights = {id(m): (m.module.weight.detach().clone(), fp_weights[f"{n}.weight"].detach().clone())
+               for n, m in layers}
     acts = [(f"{name}.{'input' if q is m.input_quantizer else 'output'}", q)
                   for name, m in wrapped_modules(student)
                   for q in (m.input_quantizer, getattr(m, "output_quantizer", None)) if q is not None]
 
     def set_weights(on: bool):
-        for m in layers:
-            m.frozen_weight = frozen[id(m)] if on else None
-            if m.weight_quantizer is not None:
-                m.weight_quantizer.enabled = on
+        with torch.no_grad():
+            for _, m in layers:
+                m.module.weight.copy_(weights[id(m)][0 if on else 1])
 
     def set_acts(on: bool):
         for _, q in acts:

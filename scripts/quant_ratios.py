@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
-from srq.methods import build_method
+from srq.api import method_config
+from srq.methods.dobi import dobi_spec, op_set, quantized_copy
 from srq.models.zoo import build_model
 from srq.quant.size import op_macs, theoretical_ratios
 from srq.results import write_bench_report
@@ -41,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             with initialize_config_module(config_module="srq.conf", version_base="1.3"):
                 cfg = compose(config_name="config", overrides=[
                     f"model={model_name}", f"method={args.method}", f"bits={bits}", "logger=none"])
-            method = build_method(args.method, cfg.method)
-            ops = method.ops(teacher)
-            student = method.quantized_copy(teacher, method.spec(cfg.bits, ops), ops, example)
+            method = method_config(cfg, teacher.scale)
+            ops = op_set(teacher, method.ops)
+            student = quantized_copy(teacher, dobi_spec(method, method.bits, ops), ops, method.exclude,
+                                     example)
             row = {"model": model_name, "bits": bits, "ops": ops, "input": [args.size, args.size],
                    **theoretical_ratios(student, macs)}
             rows.append(row)

@@ -24,6 +24,9 @@ def _main(cfg: DictConfig) -> float | None:
         print(f"srq: error: {exc}", file=sys.stderr)
         _remove_failed_run_dir(Path(cfg.paths.output_dir), RESULTS)
         raise SystemExit(2) from None
+    except BaseException:  # a bug or ^C: still leave no half-made run dir behind
+        _remove_failed_run_dir(Path(cfg.paths.output_dir), RESULTS)
+        raise
     metric = cfg.get("optimized_metric")
     if metric:
         set_name, key = metric.split("/")
@@ -48,6 +51,11 @@ def _remove_failed_run_dir(run_dir: Path, results_name: str) -> None:
     if (run_dir.is_dir() and (run_dir / ".hydra").is_dir() and not (run_dir / results_name).exists()
             and not (run_dir / "checkpoints").exists()):
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in list(run_dir.parents)[:3]:  # <date>/, runs/, outputs/ when now empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 GROUPS = ("model", "method", "bits", "data", "trainer", "logger", "experiment", "debug",
@@ -74,8 +82,41 @@ def check_group_choices(args: list[str]) -> str | None:
     return None
 
 
+def artifact_overrides(args: list[str]) -> list[str]:
+    """``quantized=<file>``: the model, method and bits of the artifact as overrides (so the
+    run dir and config name them), checked against any given; [] without ``quantized=``."""
+    value = next((a.partition("=")[2] for a in args if a.startswith("quantized=")), None)
+    if not value:
+        return []
+    from srq.artifact import read
+
+    header, _ = read(value, tensors=False)
+    name = header["model"].get("name")
+    if not name:
+        raise SrqError(f"{value} holds a {header['model'].get('class')} the zoo does not know; "
+                       "evaluate it from Python (srq.load(path, model=MyNet()))")
+    wanted = {"model": name, "method": header.get("method"), "bits": header.get("bits")}
+    extra = []
+    for key, choice in wanted.items():
+        given = next((a.partition("=")[2] for a in args if a.startswith(f"{key}=")), None)
+        if given is None:
+            extra.append(f"{key}={choice}")
+        elif given != choice:
+            raise SrqError(f"{key}={given} contradicts {value}, which holds {key} {choice}; drop "
+                           f"{key}= (model, method and bits come from the artifact)")
+    return extra
+
+
 def main() -> None:
-    problem = check_group_choices(sys.argv[1:])
+    args = sys.argv[1:]
+    problem = check_group_choices(args)
+    if not problem:
+        try:
+            extra = artifact_overrides(args)
+        except SrqError as exc:
+            problem = str(exc)
+        else:
+            sys.argv = sys.argv[:1] + args + extra
     if problem:
         print(f"srq: error: {problem}", file=sys.stderr)
         raise SystemExit(2)

@@ -13,8 +13,10 @@ from srq.data.benchmark import build_test_sets
 from srq.errors import SrqError
 from srq.lit.evaluate import evaluate_sets
 from srq.loggers import finish_wandb, make_loggers
-from srq.methods import build_method
+from srq.methods import FPConfig, method_function
+from srq.methods.config import MethodConfig
 from srq.models.zoo import build_model, count_params, get_spec
+from srq.quant import quantization_map
 from srq.quant.size import fp32_size_mb
 from srq.results import (
     git_commit,
@@ -38,32 +40,124 @@ def evaluate(model: torch.nn.Module, sets, cfg: DictConfig, loggers, prefix: str
     )
 
 
+def trainer_device(trainer_cfg) -> torch.device:
+    """Where calibration and fine-tuning compute: the ``trainer`` config's accelerator."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise SrqError("trainer=gpu but no CUDA device is visible here; use trainer=cpu "
+                           "(or trainer=default, which picks the GPU when there is one)")
+        return torch.device("cuda")
+    if accelerator == "auto" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def validate_options(cfg: DictConfig) -> None:
+    """Options checked before any work starts (one clear line each)."""
+    tile, overlap = cfg.eval.get("tile"), cfg.eval.get("tile_overlap")
+    if tile is not None:
+        if int(tile) <= 0 or overlap is None or not 0 <= int(overlap) < int(tile):
+            raise SrqError(f"eval.tile={tile} eval.tile_overlap={overlap}: tiles need "
+                           "0 <= tile_overlap < tile; e.g. eval.tile=64 eval.tile_overlap=16")
+    limit = cfg.eval.get("limit_images")
+    if limit is not None and int(limit) < 1:
+        raise SrqError(f"eval.limit_images={limit} evaluates nothing; use a positive number or null")
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def calibration_config(method_cfg: MethodConfig):
+    from srq.data.calibration import CalibrationConfig
+
+    c = method_cfg.calib
+    return CalibrationConfig(source=c.source, num_patches=int(c.num_patches), patch_size=int(c.patch_size),
+                             seed=int(c.seed), folder=c.folder,
+                             folder_is_hr=True if c.folder_is_hr is None else bool(c.folder_is_hr),
+                             set_name=c.set_name or "B100")
+
+
+def draw_calibration(method_cfg: MethodConfig, scale: int):
+    """The one calibration builder: the patches ``method_cfg.calib`` names (seed), its
+    validation patches (seed + 1) and its fine-tuning patches (seed + 2)."""
+    from srq.data.calibration import calibration_data
+
+    return calibration_data(calibration_config(method_cfg), scale,
+                            val_patches=method_cfg.calib.val_patches,
+                            train_patches=method_cfg.train_patches)
+
+
+def apply_method(teacher, method_cfg: MethodConfig, data, spec, fitter=None):
+    """Run ``method_cfg`` on ``teacher`` with the app's data (``data``: from
+    :func:`draw_calibration`, None for ``fp``) and the spec's feature blocks."""
+    from srq.methods import run_method
+
+    if data is None:
+        return run_method(teacher, method_cfg, None)
+    return run_method(teacher, method_cfg, data.calib, train=data.train, val=data.val, fit=fitter,
+                      feature_blocks=spec.feature_block_names(teacher),
+                      hr=data.calib.hr if method_cfg.needs_hr else None)
+
+
+def quantize_from_config(cfg: DictConfig, teacher=None):
+    """(method config, data, result) of a composed run config, without a run directory
+    (benchmark scripts): the same builder and method call as :func:`run`."""
+    from srq.api import method_config
+
+    spec = get_spec(cfg.model.name)
+    teacher = teacher if teacher is not None else build_model(cfg.model.name)
+    method_cfg = method_config(cfg, spec.scale)
+    data = None if isinstance(method_cfg, FPConfig) else draw_calibration(method_cfg, spec.scale)
+    return method_cfg, data, apply_method(teacher, method_cfg, data, spec)
+
+
 def run(cfg: DictConfig) -> dict:
     """Execute one run described by ``cfg``; return the results dict (also written to disk)."""
     run_dir = Path(cfg.paths.output_dir)
     if (run_dir / RESULTS).exists():
         raise SrqError(f"{run_dir / RESULTS} already exists; srq never overwrites a run: "
                        "choose another hydra.run.dir")
+    if cfg.get("quantized"):
+        return run_artifact(cfg, run_dir)
     import lightning as L
 
+    from srq.api import method_config
+    from srq.lit.fit import Fitter
+
+    validate_options(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     spec = get_spec(cfg.model.name)
-    method = build_method(cfg.method.name, cfg.method)
+    method_cfg = method_config(cfg, spec.scale)
+    method_function(method_cfg)  # a config class without a method fails here, before any work
+    device = trainer_device(cfg.trainer)
     sets = build_test_sets(cfg.data, spec.scale)
     if cfg.eval.get("limit_images"):
         for s in sets:
             s.pairs = s.pairs[: cfg.eval.limit_images]
     teacher = build_model(cfg.model.name, pretrained=cfg.model.get("pretrained", True),
-                          checkpoint=cfg.model.get("checkpoint"))
-    config = OmegaConf.to_container(cfg, resolve=True)
+                          checkpoint=cfg.model.get("checkpoint")).to(device)
+    quantizing = not isinstance(method_cfg, FPConfig)
+    data = None
+    if quantizing:
+        method_cfg.require_bits("e.g. bits=w8a8")
+        data = draw_calibration(method_cfg, spec.scale)
+        check_disjoint(data.all_sets(), sets)
+    config = _plain(cfg)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     resume = resume_checkpoint(cfg)
     loggers = make_loggers(cfg.logger, run_dir, run_dir.name, _sweep_group(), config)
     try:
-        result = method.apply(teacher, context={"cfg": cfg, "spec": spec, "run_dir": run_dir,
-                                                "loggers": loggers, "resume": resume})
-        student = result.student
+        fitter = Fitter(trainer=lambda **kw: hydra.utils.instantiate(cfg.trainer, **kw),
+                        checkpoint_dir=run_dir / "checkpoints", resume=resume, seed=int(cfg.seed),
+                        loggers=loggers)
+        result = apply_method(teacher, method_cfg, data, spec, fitter)
+        student = result.model
+        artifact = None
+        if quantizing:
+            artifact = write_artifact(student, run_dir, cfg, method_cfg, result, data)
         metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
         warnings = output_warnings(student, sets, metrics)
         if student is teacher:
@@ -73,17 +167,22 @@ def run(cfg: DictConfig) -> dict:
             fp_by_image = {(r["set"], r["image"]): r for r in fp_records}
             for rec in records:
                 rec["fp_psnr_y"] = fp_by_image[(rec["set"], rec["image"])]["psnr_y"]
+        calibration = None
+        if data is not None:
+            calibration = {**data.describe(), "batch_size": method_cfg.calib.batch_size,
+                           **(result.info.get("calibration") or {})}
+        size = artifact["payload_mb"] if artifact else fp32_size_mb(teacher)
         results = {
             "model": spec.name, "scale": spec.scale, "method": cfg.method.name,
             "bits": cfg.bits.name, "data": cfg.data.name,
             "metrics": metrics, "fp_metrics": fp_metrics,
             "time_s": {**result.time_s, "evaluate": round(t_eval, 3)},
-            "model_size_mb": {"fp32": round(fp32_size_mb(teacher), 4),
-                              "quantized": round(result.info.get("size_mb", fp32_size_mb(teacher)), 4)},
+            "model_size_mb": {"fp32": round(fp32_size_mb(teacher), 4), "quantized": round(size, 4)},
             "params": count_params(teacher),
             "quantization_map": result.info.get("quantization_map", {}),
-            "calibration": result.info.get("calibration"),
+            "calibration": calibration,
             "finetune": result.info.get("finetune"),
+            "artifact": artifact,
             "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
                      "limit_images": cfg.eval.get("limit_images")},
             "device": str(next(student.parameters()).device),
@@ -95,11 +194,112 @@ def run(cfg: DictConfig) -> dict:
         _log_tables(loggers, metrics, records, results["quantization_map"])
     finally:
         finish_wandb()
+    _log_metrics(spec.name, metrics, run_dir)
+    return results
+
+
+def _log_metrics(name: str, metrics: dict, run_dir: Path) -> None:
     for set_name, m in metrics.items():
-        log.info("%s %s: psnr_y %.3f ssim_y %.4f psnr_rgb %.3f (%d images)", spec.name, set_name,
+        log.info("%s %s: psnr_y %.3f ssim_y %.4f psnr_rgb %.3f (%d images)", name, set_name,
                  m["psnr_y"], m["ssim_y"], m["psnr_rgb"], m["n_images"])
     log.info("results: %s", run_dir / RESULTS)
+
+
+def write_artifact(student, run_dir: Path, cfg: DictConfig, method_cfg: MethodConfig, result,
+                   data) -> dict:
+    """``<run dir>/<model>_<method>_<bits>.srq``; returns results.json's ``artifact``."""
+    from srq.artifact import save
+
+    path = run_dir / f"{cfg.model.name}_{cfg.method.name}_{cfg.bits.name}.srq"
+    info = {k: v for k, v in result.info.items() if k != "quantization_map"}
+    info["time_s"] = result.time_s
+    if data is not None:
+        info["calibration"] = {**data.describe(), **(info.get("calibration") or {})}
+    header = save(student, path, {"name": cfg.method.name, "bits": cfg.bits.name,
+                                  "config": method_cfg.to_dict(), "info": info})
+    log.info("quantized model: %s", path)
+    return {"path": str(path), "file_mb": round(path.stat().st_size / 1e6, 4),
+            "payload_mb": header["payload_bytes"] / 1e6, "format_version": header["format_version"]}
+
+
+def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
+    """``srq quantized=<file> data=<set>``: evaluate a saved quantized model (model and
+    scale from the file) through the same evaluator; FP metrics from the zoo model."""
+    from srq.artifact import load, read
+
+    validate_options(cfg)
+    path = Path(str(cfg.quantized)).expanduser()
+    header, _ = read(path, tensors=False)
+    name = header["model"].get("name")
+    if not name:
+        raise SrqError(f"{path} holds a {header['model'].get('class')} the zoo does not know; "
+                       "evaluate it from Python (srq.load(path, model=MyNet()))")
+    spec = get_spec(name)
+    student = load(path)
+    sets = build_test_sets(cfg.data, spec.scale)
+    if cfg.eval.get("limit_images"):
+        for s in sets:
+            s.pairs = s.pairs[: cfg.eval.limit_images]
+    config = _plain(cfg)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    loggers = make_loggers(cfg.logger, run_dir, run_dir.name, _sweep_group(), config)
+    try:
+        metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
+        warnings = output_warnings(student, sets, metrics)
+        teacher = build_model(name, pretrained=True)
+        fp_metrics, fp_records = _fp_reference(teacher, sets, cfg)
+        fp_by_image = {(r["set"], r["image"]): r for r in fp_records}
+        for rec in records:
+            rec["fp_psnr_y"] = fp_by_image[(rec["set"], rec["image"])]["psnr_y"]
+        info = header.get("info") or {}
+        results = {
+            "model": name, "scale": spec.scale, "method": header.get("method"),
+            "bits": header.get("bits"), "data": cfg.data.name,
+            "metrics": metrics, "fp_metrics": fp_metrics,
+            "time_s": {"calibrate": 0.0, "finetune": 0.0, "evaluate": round(t_eval, 3)},
+            "model_size_mb": {"fp32": round(fp32_size_mb(teacher), 4),
+                              "quantized": round(header["payload_bytes"] / 1e6, 4)},
+            "params": count_params(teacher),
+            "quantization_map": quantization_map(student),
+            "calibration": info.get("calibration"), "finetune": info.get("finetune"),
+            "artifact": {"path": str(path), "file_mb": round(path.stat().st_size / 1e6, 4),
+                         "payload_mb": header["payload_bytes"] / 1e6,
+                         "format_version": header["format_version"]},
+            "quantized_from": str(path),
+            "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
+                     "limit_images": cfg.eval.get("limit_images")},
+            "device": str(next(student.parameters()).device), "warnings": warnings,
+            "config": config, "git_commit": git_commit(), "seed": cfg.seed,
+        }
+        write_csv_atomic(run_dir / "per_image.csv", records)
+        write_json_atomic(run_dir / RESULTS, results)
+        _log_tables(loggers, metrics, records, results["quantization_map"])
+    finally:
+        finish_wandb()
+    _log_metrics(name, metrics, run_dir)
     return results
+
+
+def check_disjoint(calibration_sets, test_sets) -> None:
+    """Calibration, fine-tuning and validation images never overlap an evaluated test set:
+    compared by the sha256 of their decoded pixels (LR with LR, HR with HR), not by name."""
+    from srq.data.images import pixel_hash, read_image
+
+    calib_hashes = {}
+    for patches in calibration_sets:
+        for i in sorted(set(patches.sources)):
+            calib_hashes[pixel_hash(patches.images[i])] = f"{patches.cfg.source} image {i}"
+    for test in test_sets:
+        for pair in test.pairs:
+            for path in (pair.hr, pair.lr):
+                if path is None:
+                    continue
+                found = calib_hashes.get(pixel_hash(read_image(path)))
+                if found:
+                    raise SrqError(
+                        f"calibration data overlaps the test set: {found} has the same pixels as "
+                        f"{test.name}/{pair.name}; calibrate on other images (e.g. calib=t91) or "
+                        "evaluate on the disjoint split (data=b100_coreai for calib=b100_head20)")
 
 
 def output_warnings(model, sets, metrics: dict) -> list[str]:

@@ -10,7 +10,8 @@ import torch
 from cli_helpers import results_files, srq
 from omegaconf import OmegaConf
 
-from srq.methods.dobi import DOBIInit
+from srq.methods.config import Bits
+from srq.methods.dobi import DOBIConfig, dobi_spec, op_set
 from srq.models.zoo import build_model
 from srq.quant import (
     QuantFormat,
@@ -22,16 +23,17 @@ from srq.quant import (
 )
 
 
-def _dobi_cfg(**over):
-    base = OmegaConf.load(Path(__file__).parents[1] / "conf" / "method" / "dobi.yaml")
-    return OmegaConf.merge(base, over)
+def _dobi_cfg(**over) -> DOBIConfig:
+    base = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "method" / "dobi.yaml"))
+    base = {k: v for k, v in {**base, **over}.items() if k not in ("_target_", "calib")}
+    return DOBIConfig(**base)
 
 
 def test_swinir_quantization_map_is_linears_and_two_matmuls_per_block():
     model = build_model("swinir_s_x4", pretrained=False)
-    method = DOBIInit(_dobi_cfg())
-    assert method.ops(model) == "transformer"
-    spec = method.spec(OmegaConf.create({"name": "w4a4", "weight_bits": 4, "act_bits": 4}), "transformer")
+    cfg = _dobi_cfg()
+    assert op_set(model, cfg.ops) == "transformer"
+    spec = dobi_spec(cfg, Bits("w4a4", 4, 4), "transformer")
     include = [n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
     quantize(model, spec, include=include)
     qmap = quantization_map(model)
@@ -101,7 +103,7 @@ def test_one_sided_bit_configs_quantize_only_that_side(bits, weight, act):
     """The weight-only / activation-only configs of experiment=harmoq_asymmetry."""
     bits_cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "bits" / f"{bits}.yaml")
     model = build_model("imdtn_x4")
-    spec = DOBIInit(_dobi_cfg()).spec(bits_cfg, "transformer")
+    spec = dobi_spec(_dobi_cfg(), Bits(**OmegaConf.to_container(bits_cfg)), "transformer")
     include = [n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
     quantize(model, spec, include=include)
     qmap = quantization_map(model)

@@ -9,6 +9,7 @@ splits such as seed 000's 20/80 B100 split).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import lightning as L
@@ -63,30 +64,45 @@ class CalibrationPatches(Dataset):
         self.cfg, self.scale = cfg, scale
         self.items: list[torch.Tensor] = []
         self.hr: list[torch.Tensor] = []
+        self.sources: list[int] = []     # per patch: index of its image in ``images``
+        self.images: list[torch.Tensor] = []  # the source images (uint8), LR or HR
+        self.images_are_hr = True
         if cfg.source == "benchmark":
             from srq.data.benchmark import benchmark_set
 
             pairs = benchmark_set(cfg.set_name, scale)
+            self.images_are_hr = False
             for i in range(min(cfg.num_patches, len(pairs))):
                 _, lr, hr = pairs[i]
                 self.items.append(to_float(lr))
                 self.hr.append(to_float(hr))
+                self.images.append(lr)
+                self.sources.append(i)
+            self.usable_images = len(pairs)
             return
         if cfg.source == "t91":
             paths, is_hr = fetch_folder("calib/T91/"), True
         elif cfg.source == "div2k_lr":
+            if scale != 4:
+                raise SrqError(f"calibration source div2k_lr holds x4 LR images; a x{scale} model "
+                               "needs LR at its own scale: use calib.source=t91 (or "
+                               "method.calib.source=t91), which downsamples HR crops by the scale")
             paths, is_hr = fetch_folder("calib/DIV2K_test_LRx4_subset/"), False
         else:
             paths, is_hr = list_images(cfg.folder), cfg.folder_is_hr
+        self.images_are_hr = is_hr
         crop = cfg.patch_size * scale if is_hr else cfg.patch_size
         images = [read_image(p) for p in paths]
         usable = [im for im in images if min(im.shape[-2:]) >= crop]
+        self.images, self.usable_images = usable, len(usable)
         if not usable:
             raise SrqError(f"no calibration image is at least {crop}x{crop} pixels; lower "
                            "calib.patch_size or use another calib.source")
         gen = torch.Generator().manual_seed(cfg.seed)
         for _ in range(cfg.num_patches):
-            img = usable[int(torch.randint(len(usable), (1,), generator=gen))]
+            index = int(torch.randint(len(usable), (1,), generator=gen))
+            self.sources.append(index)
+            img = usable[index]
             h, w = img.shape[-2:]
             y = int(torch.randint(h - crop + 1, (1,), generator=gen))
             x = int(torch.randint(w - crop + 1, (1,), generator=gen))
@@ -96,6 +112,12 @@ class CalibrationPatches(Dataset):
                 patch = imresize(patch, 1.0 / scale).clamp(0, 1)
                 patch = (patch * 255).round() / 255  # LR images are stored as uint8
             self.items.append(patch)
+
+    def describe(self) -> dict:
+        """What results.json's ``calibration`` records about these patches."""
+        return {"source": self.cfg.source, "num_patches": len(self), "patch_size": self.cfg.patch_size,
+                "source_images": len(set(self.sources)), "usable_images": self.usable_images,
+                "seed": self.cfg.seed}
 
     @property
     def patches(self) -> torch.Tensor:
@@ -121,6 +143,39 @@ class CalibrationPatches(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.items[index]
+
+
+@dataclass
+class CalibrationData:
+    """Everything a method gets from the one calibration builder: ``calib`` patches (seed),
+    held-out ``val`` patches (seed + 1) and fine-tuning ``train`` patches (seed + 2)."""
+
+    calib: CalibrationPatches
+    val: CalibrationPatches | None = None
+    train: CalibrationPatches | None = None
+
+    def describe(self) -> dict:
+        info = self.calib.describe()
+        info["val_patches"] = 0 if self.val is None else len(self.val)
+        if self.train is not None:
+            info["train"] = self.train.describe()
+        return info
+
+    def all_sets(self) -> list[CalibrationPatches]:
+        return [p for p in (self.calib, self.val, self.train) if p is not None]
+
+
+def calibration_data(cfg: CalibrationConfig, scale: int, val_patches: int = 0,
+                     train_patches: int | None = None) -> CalibrationData:
+    """The patches a run needs, drawn once: ``cfg`` for calibration, ``val_patches`` more with
+    seed + 1, ``train_patches`` more with seed + 2 (same source and patch size)."""
+    calib = CalibrationPatches(cfg, scale)
+    val = (CalibrationPatches(dataclasses.replace(cfg, num_patches=int(val_patches), seed=cfg.seed + 1),
+                              scale) if val_patches else None)
+    train = (CalibrationPatches(dataclasses.replace(cfg, num_patches=int(train_patches),
+                                                    seed=cfg.seed + 2), scale)
+             if train_patches else None)
+    return CalibrationData(calib, val, train)
 
 
 class CalibrationDataModule(L.LightningDataModule):

@@ -26,6 +26,17 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def pixel_hash(img: torch.Tensor) -> str:
+    """sha256 of an image's decoded pixels and shape (same picture → same hash, whatever the
+    file name or format)."""
+    import hashlib
+
+    t = img.detach().cpu().contiguous()
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():

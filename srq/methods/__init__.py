@@ -1,88 +1,67 @@
-"""PTQ methods: one registry mapping ``method=<name>`` to a method object.
+"""PTQ methods: a frozen config dataclass plus one function over plain objects each, in one
+registry (config class → function).
 
-A method turns the FP teacher into a student: ``method.apply(teacher, context)`` returns a
-:class:`MethodResult` with the student and its timings. Later methods add calibration
-and fine-tuning; ``fp`` returns the teacher itself.
+    result = run_method(model, cfg, calib, train=…, val=…, hr=…, feature_blocks=…, fit=…)
+
+``model`` is the FP network (never modified); ``calib`` an (N, 3, h, w) tensor in [0, 1] or an
+iterable of such batches; ``train`` / ``val`` fine-tuning and held-out patches (fine-tuning
+methods; default: ``calib`` / none); ``hr`` the HR crops of ``calib`` (sensitive k-means);
+``feature_blocks`` the module names feature losses tap (none: output-only distillation);
+``fit`` a :class:`srq.lit.fit.Fitter`. The result holds the frozen quantized model, seconds
+per phase and info. No method reads a run config, a run directory or the model zoo.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from torch import nn
-
 from srq.errors import SrqError
+from srq.methods.common import QuantResult
+from srq.methods.config import MethodConfig
+
+MethodResult = QuantResult  # the name scripts used
 
 
-@dataclass
-class MethodResult:
-    student: nn.Module
-    time_s: dict[str, float] = field(default_factory=lambda: {"calibrate": 0.0, "finetune": 0.0})
-    info: dict = field(default_factory=dict)
+@dataclass(frozen=True)
+class FPConfig(MethodConfig):
+    """The unquantized model: the result is the model itself."""
+
+    name: str = "fp"
 
 
-class FullPrecision:
-    """The unquantized model: student = teacher."""
-
-    name = "fp"
-
-    def __init__(self, cfg=None):
-        self.cfg = cfg
-
-    def apply(self, teacher: nn.Module, context=None) -> MethodResult:
-        bits = context["cfg"].bits if context else None
-        if bits is not None and (bits.weight_bits is not None or bits.act_bits is not None):
-            raise SrqError(f"method=fp does not quantize, so bits={bits.name} has no effect; "
-                           "use bits=fp32, or a quantizing method such as method=minmax")
-        return MethodResult(student=teacher)
+def full_precision(model, cfg: FPConfig, calib=None, **_) -> QuantResult:
+    if cfg.bits.quantizes:
+        raise SrqError(f"method=fp does not quantize, so bits={cfg.bits.name} has no effect; "
+                       "use bits=fp32, or a quantizing method such as method=minmax")
+    return QuantResult(model)
 
 
-def _uniform(cfg):
-    from srq.methods.uniform import UniformPTQ
+def _registry() -> dict[type, Callable]:
+    from srq.methods.coreai import CoreAIConfig, coreai_flow
+    from srq.methods.dobi import DOBIConfig, dobi_ptq
+    from srq.methods.dqc import TwoDQuantConfig, twodquant
+    from srq.methods.harmoq import HarmoQConfig, harmoq
+    from srq.methods.outlier import OutlierConfig, outlier_ptq
+    from srq.methods.uniform import UniformConfig, uniform_ptq
 
-    return UniformPTQ(cfg)
-
-
-def _coreai(cfg):
-    from srq.methods.coreai import CoreAIFlow
-
-    return CoreAIFlow(cfg)
-
-
-def _outlier(cfg):
-    from srq.methods.outlier import OutlierAwarePTQ
-
-    return OutlierAwarePTQ(cfg)
+    return {FPConfig: full_precision, UniformConfig: uniform_ptq, CoreAIConfig: coreai_flow,
+            OutlierConfig: outlier_ptq, DOBIConfig: dobi_ptq, TwoDQuantConfig: twodquant,
+            HarmoQConfig: harmoq}
 
 
-def _dobi(cfg):
-    from srq.methods.dobi import DOBIInit
-
-    return DOBIInit(cfg)
-
-
-def _2dquant(cfg):
-    from srq.methods.dqc import TwoDQuant
-
-    return TwoDQuant(cfg)
+def method_function(cfg: MethodConfig) -> Callable:
+    """The function that runs config ``cfg`` (by its exact type)."""
+    fn = _registry().get(type(cfg))
+    if fn is None:
+        raise SrqError(f"{type(cfg).__name__} is not a method config; build one with "
+                       "srq.config(<method name>)")
+    return fn
 
 
-def _harmoq(cfg):
-    from srq.methods.harmoq import HarmoQ
-
-    return HarmoQ(cfg)
+def run_method(model, cfg: MethodConfig, calib=None, **kwargs) -> QuantResult:
+    return method_function(cfg)(model, cfg, calib, **kwargs)
 
 
-METHODS: dict[str, Callable] = {"fp": FullPrecision, "minmax": _uniform, "ema_minmax": _uniform,
-                                "percentile": _uniform, "mse": _uniform, "coreai": _coreai,
-                                "plq": _outlier, "plq_saft": _outlier, "saft": _outlier,
-                                "plq_vft": _outlier, "dobi": _dobi, "2dquant": _2dquant,
-                                "2dquant_paper": _2dquant, "2dquant_code": _2dquant,
-                                "harmoq": _harmoq, "harmoq_gpu": _harmoq}
-
-
-def build_method(name: str, cfg=None):
-    if name not in METHODS:
-        raise SrqError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name](cfg)
+__all__ = ["FPConfig", "MethodConfig", "MethodResult", "QuantResult", "method_function",
+           "run_method"]

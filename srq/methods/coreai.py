@@ -14,73 +14,96 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
 import torch
 
 from srq.errors import SrqError
-from srq.methods.uniform import calibration_patches, run_calibration
-from srq.quant import QuantFormat, QuantSpec, freeze, quantization_map, quantize
-from srq.quant.palettize import PalettSpec, fisher_sensitivity, palettize
-from srq.quant.size import quantized_size_mb
+from srq.methods.common import QuantResult, as_batches, calibrate, device_of, summary
+from srq.methods.config import Config, MethodConfig, choice
+from srq.quant import QuantFormat, QuantSpec, freeze, quantize
+from srq.quant.palettize import GRANULARITIES, PalettSpec, fisher_sensitivity, palettize
 
 
-class CoreAIFlow:
-    def __init__(self, cfg):
-        self.cfg = cfg
+@dataclass(frozen=True)
+class PalettSettings(Config):
+    granularity: str = "per_tensor"
+    group_size: int = 8
+    lut_bits: int | None = 8
+    min_numel: int = 1024
 
-    def _act_format(self, bits: int) -> QuantFormat:
-        mode = "full" if self.cfg.act_qscheme == "symmetric" else "integer"
-        return QuantFormat(bits, mode, observer="moving_average",
-                           observer_args=(("averaging_constant", float(self.cfg.averaging_constant)),))
+    def validate(self):
+        choice(self.granularity, GRANULARITIES, "palett.granularity")
 
-    def apply(self, teacher, context):
-        run_cfg = context["cfg"]
-        bits = run_cfg.bits
-        palettized = bool(bits.get("palettize", False))
-        if bits.weight_bits is None and bits.act_bits is None:
-            raise SrqError("method=coreai needs bits=w8a8, wp4 or wp4a8, not bits=fp32")
-        start = time.perf_counter()
-        try:
-            return self._apply(teacher, run_cfg, bits, palettized, start)
-        except (ValueError, RuntimeError, FloatingPointError) as exc:
-            raise SrqError(f"method=coreai with bits={bits.name} failed: {exc}") from exc
 
-    def _apply(self, teacher, run_cfg, bits, palettized, start):
-        from srq.methods import MethodResult
+@dataclass(frozen=True)
+class CoreAIConfig(MethodConfig):
+    name: str = "coreai"
+    act_qscheme: str = "symmetric"
+    averaging_constant: float = 0.01
+    quantize_outputs: bool = True
+    sensitive: bool = False
+    skm_loss: str = "l1_hr"
+    palett: PalettSettings = PalettSettings()
+    include: tuple = ("*",)
+    exclude: tuple = ()
 
-        calib = calibration_patches(run_cfg, teacher.scale)
-        student = copy.deepcopy(teacher)
-        include, exclude = list(self.cfg.include), list(self.cfg.exclude)
-        info = {}
-        if palettized:
-            spec = PalettSpec(n_bits=int(bits.weight_bits), granularity=self.cfg.palett.granularity,
-                              group_size=int(self.cfg.palett.group_size),
-                              lut_bits=self.cfg.palett.lut_bits,
-                              min_numel=int(self.cfg.palett.min_numel))
-            sensitivity = None
-            if self.cfg.sensitive:
-                loss = torch.nn.L1Loss() if self.cfg.skm_loss == "l1_hr" else torch.nn.MSELoss()
-                sensitivity = fisher_sensitivity(
-                    student, calib.batches(run_cfg.calib.batch_size, with_hr=True), loss)
-                sensitivity = {k.removeprefix("net."): v for k, v in sensitivity.items()}
-            palettes = palettize(student.net, spec, include=[p.removeprefix("net.") for p in include],
-                                 exclude=[p.removeprefix("net.") for p in exclude],
-                                 sensitivity=sensitivity)
-            info["palettized_layers"] = len(palettes)
-            weight_fmt = None
-        else:
-            weight_fmt = QuantFormat(int(bits.weight_bits), "full", axis=0, observer="minmax")
-        act_fmt = self._act_format(int(bits.act_bits)) if bits.act_bits is not None else None
-        if weight_fmt is not None or act_fmt is not None:
-            spec = QuantSpec(weight=weight_fmt, input=act_fmt,
-                             output=act_fmt if self.cfg.quantize_outputs else None,
-                             layer_policy="all")
-            quantize(student, spec, include=include, exclude=exclude, example_input=calib[0][None])
-            run_calibration(student, calib, run_cfg.calib.batch_size)
-            freeze(student)
-        elapsed = time.perf_counter() - start
-        info.update(size_mb=quantized_size_mb(student), quantization_map=quantization_map(student),
-                    calibration={"source": run_cfg.calib.source, "num_patches": len(calib),
-                                 "patch_size": run_cfg.calib.patch_size})
-        return MethodResult(student=student, time_s={"calibrate": round(elapsed, 3), "finetune": 0.0},
-                            info=info)
+    def validate(self):
+        choice(self.act_qscheme, ("symmetric", "asymmetric"), "act_qscheme")
+        choice(self.skm_loss, ("l1_hr", "mse_hr"), "skm_loss")
+
+    @property
+    def needs_hr(self) -> bool:
+        return self.sensitive and self.bits.palettize
+
+
+def _act_format(cfg: CoreAIConfig, bits: int) -> QuantFormat:
+    mode = "full" if cfg.act_qscheme == "symmetric" else "integer"
+    return QuantFormat(bits, mode, observer="moving_average",
+                       observer_args=(("averaging_constant", float(cfg.averaging_constant)),))
+
+
+def coreai_flow(model, cfg: CoreAIConfig, calib, *, hr=None, **_) -> QuantResult:
+    """``hr``: the HR crops of ``calib`` (same order), needed by sensitive k-means only."""
+    cfg.require_bits("bits=w8a8, wp4 or wp4a8")
+    start = time.perf_counter()
+    try:
+        return _flow(model, cfg, calib, hr, start)
+    except (ValueError, RuntimeError, FloatingPointError) as exc:
+        raise SrqError(f"method=coreai with bits={cfg.bits.name} failed: {exc}") from exc
+
+
+def _flow(model, cfg: CoreAIConfig, calib, hr, start) -> QuantResult:
+    bits = cfg.bits
+    device = device_of(model)
+    batches = as_batches(calib, cfg.calib.batch_size, device)
+    student = copy.deepcopy(model)
+    include, exclude = list(cfg.include), list(cfg.exclude)
+    info = {}
+    if bits.palettize:
+        p = cfg.palett
+        spec = PalettSpec(n_bits=int(bits.weight_bits), granularity=p.granularity,
+                          group_size=int(p.group_size), lut_bits=p.lut_bits, min_numel=int(p.min_numel))
+        sensitivity = None
+        if cfg.sensitive:
+            if hr is None:
+                raise SrqError("method.sensitive=true needs HR crops of the calibration patches "
+                               "(hr=...; in the CLI: calib=t91 or an HR folder)")
+            loss = torch.nn.L1Loss() if cfg.skm_loss == "l1_hr" else torch.nn.MSELoss()
+            hr_batches = as_batches(hr, cfg.calib.batch_size, device)
+            sensitivity = fisher_sensitivity(student, zip(batches, hr_batches), loss)
+        palettes = palettize(student, spec, include=include, exclude=exclude, sensitivity=sensitivity)
+        info["palettized_layers"] = len(palettes)
+        weight_fmt = None
+    else:
+        weight_fmt = QuantFormat(int(bits.weight_bits), "full", axis=0, observer="minmax")
+    act_fmt = _act_format(cfg, int(bits.act_bits)) if bits.act_bits is not None else None
+    if weight_fmt is not None or act_fmt is not None:
+        spec = QuantSpec(weight=weight_fmt, input=act_fmt,
+                         output=act_fmt if cfg.quantize_outputs else None, layer_policy="all")
+        quantize(student, spec, include=include, exclude=exclude, example_input=batches[0][:1])
+        calibrate(student, batches)
+        freeze(student)
+    info.update(summary(student))
+    return QuantResult(student, {"calibrate": round(time.perf_counter() - start, 3), "finetune": 0.0},
+                       info)

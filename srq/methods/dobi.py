@@ -14,87 +14,107 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
 from srq.errors import SrqError
-from srq.methods.finetune import finetune_data
-from srq.methods.uniform import run_calibration
-from srq.models.archs.common import MatMul
-from srq.quant import QuantFormat, QuantSpec, freeze, quantization_map, quantize
-from srq.quant.size import quantized_size_mb
+from srq.methods.common import QuantResult, as_batches, calibrate, device_of, summary
+from srq.methods.config import Bits, Config, MethodConfig, choice
+from srq.ops import MatMul
+from srq.quant import QuantFormat, QuantSpec, freeze, quantize
+from srq.quant.api import LAYER_POLICIES
+from srq.quant.dobi import STEPS, TIES
 
 OPS = ("auto", "transformer", "cnn")
 
 
-class DOBIInit:
-    def __init__(self, cfg):
-        self.cfg = cfg
+@dataclass(frozen=True)
+class DOBISettings(Config):
+    candidates: int = 100
+    one_sided_for: tuple = ("*.matmul_av", "*.fc2")
+    one_sided_step: str = "half"
+    include_last: bool = False
+    tie: str = "first"
 
-    def ops(self, model) -> str:
-        ops = self.cfg.ops
-        if ops not in OPS:
-            raise SrqError(f"unknown method.ops {ops!r}; valid: {', '.join(OPS)}")
-        if ops == "auto":
-            return "transformer" if any(isinstance(m, MatMul) for m in model.modules()) else "cnn"
-        if ops == "transformer" and not any(isinstance(m, MatMul) for m in model.modules()):
-            raise SrqError("method.ops=transformer needs a model with attention matmuls; this one "
-                           "has none (use ops=cnn or auto)")
-        return ops
+    def validate(self):
+        choice(self.one_sided_step, STEPS, "dobi.one_sided_step")
+        choice(self.tie, TIES, "dobi.tie")
 
-    def spec(self, bits_cfg, ops: str) -> QuantSpec:
-        wbits, abits = bits_cfg.weight_bits, bits_cfg.act_bits
-        if (wbits is None and abits is None) or bits_cfg.get("palettize", False):
-            raise SrqError(f"method={self.cfg.name} needs uniform bits; pick bits=w4a4 / w3a3 / "
-                           f"w2a2, or w4a32 / w32a4 for one side only (got bits={bits_cfg.name})")
-        d = self.cfg.dobi
-        args = (("candidates", int(d.candidates)), ("include_last", bool(d.include_last)),
-                ("step", str(d.one_sided_step)), ("tie", str(d.tie)))
-        try:
-            weight = None if wbits is None else QuantFormat(int(wbits), "free", observer="dobi",
-                                                            observer_args=args)
-            act = None if abits is None else QuantFormat(int(abits), "free", observer="dobi",
-                                                         observer_args=args)
-        except ValueError as exc:
-            raise SrqError(f"{exc}; pick another bits= config") from exc
-        overrides = () if act is None else tuple(
-            (glob, act.replace(observer_args=tuple(sorted(args + (("one_sided", True),)))))
-            for glob in d.one_sided_for)
-        if ops == "transformer":
-            return QuantSpec(weight=weight, input=act, layer_policy="all", matmul=True,
-                             input_overrides=overrides)
-        return QuantSpec(weight=weight, input=act, layer_policy=self.cfg.layer_policy,
-                         edge_weight=weight and weight.replace(bits=8),
-                         edge_input=act and act.replace(bits=8), input_overrides=overrides)
 
-    def quantized_copy(self, teacher, spec: QuantSpec, ops: str, example):
-        """A deep copy of ``teacher`` with the op set ``ops`` wrapped by ``spec`` (uncalibrated):
-        cnn → every conv/linear; transformer → every Linear and attention MatMul."""
-        student = copy.deepcopy(teacher)
-        include = ["*"] if ops == "cnn" else [
-            n for n, m in teacher.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
-        quantize(student, spec, include=include, exclude=list(self.cfg.exclude), example_input=example)
-        return student
+@dataclass(frozen=True)
+class DOBIConfig(MethodConfig):
+    """DOBI bound initialisation alone (``method=dobi``); the base of 2DQuant and HarmoQ."""
 
-    def prepare(self, teacher, context, data=None):
-        """quantize + DOBI calibration → (student, train patches, val patches, info, seconds);
-        ``data``: the (train, val, info) of :func:`finetune_data` when already drawn."""
-        run_cfg = context["cfg"]
-        ops = self.ops(teacher)
-        spec = self.spec(run_cfg.bits, ops)
-        start = time.perf_counter()
-        train, val, data_info = data or finetune_data(run_cfg, self.cfg, teacher.scale)
-        student = self.quantized_copy(teacher, spec, ops, train[0][None])
-        try:
-            run_calibration(student, train, data_info["batch_size"])
-        except (RuntimeError, FloatingPointError) as exc:
-            raise SrqError(f"calibration failed: {exc}") from exc
-        data_info["ops"] = ops
-        return student, train, val, data_info, time.perf_counter() - start
+    name: str = "dobi"
+    ops: str = "auto"
+    layer_policy: str = "first_last_8bit"
+    exclude: tuple = ()
+    dobi: DOBISettings = DOBISettings()
 
-    def apply(self, teacher, context):
-        from srq.methods import MethodResult
+    def validate(self):
+        choice(self.ops, OPS, "method.ops")
+        choice(self.layer_policy, LAYER_POLICIES, "layer_policy")
 
-        student, _, _, info, seconds = self.prepare(teacher, context)
-        freeze(student)
-        return MethodResult(student=student, time_s={"calibrate": round(seconds, 3), "finetune": 0.0},
-                            info={"calibration": info, "size_mb": quantized_size_mb(student),
-                                  "quantization_map": quantization_map(student)})
+
+def op_set(model, ops: str) -> str:
+    """``auto`` → ``transformer`` when the model has attention :class:`MatMul` modules."""
+    has_matmul = any(isinstance(m, MatMul) for m in model.modules())
+    if ops == "auto":
+        return "transformer" if has_matmul else "cnn"
+    if ops == "transformer" and not has_matmul:
+        raise SrqError("method.ops=transformer needs a model with attention matmuls (srq.MatMul "
+                       "modules); this one has none (use ops=cnn or auto)")
+    return ops
+
+
+def dobi_spec(cfg: DOBIConfig, bits: Bits, ops: str) -> QuantSpec:
+    wbits, abits = bits.weight_bits, bits.act_bits
+    if (wbits is None and abits is None) or bits.palettize:
+        raise SrqError(f"method={cfg.name} needs uniform bits; pick bits=w4a4 / w3a3 / "
+                       f"w2a2, or w4a32 / w32a4 for one side only (got bits={bits.name})")
+    d = cfg.dobi
+    args = (("candidates", int(d.candidates)), ("include_last", bool(d.include_last)),
+            ("step", str(d.one_sided_step)), ("tie", str(d.tie)))
+    try:
+        weight = None if wbits is None else QuantFormat(int(wbits), "free", observer="dobi",
+                                                        observer_args=args)
+        act = None if abits is None else QuantFormat(int(abits), "free", observer="dobi",
+                                                     observer_args=args)
+    except ValueError as exc:
+        raise SrqError(f"{exc}; pick another bits= config") from exc
+    overrides = () if act is None else tuple(
+        (glob, act.replace(observer_args=tuple(sorted(args + (("one_sided", True),)))))
+        for glob in d.one_sided_for)
+    if ops == "transformer":
+        return QuantSpec(weight=weight, input=act, layer_policy="all", matmul=True,
+                         input_overrides=overrides)
+    return QuantSpec(weight=weight, input=act, layer_policy=cfg.layer_policy,
+                     edge_weight=weight and weight.replace(bits=8),
+                     edge_input=act and act.replace(bits=8), input_overrides=overrides)
+
+
+def quantized_copy(model, spec: QuantSpec, ops: str, exclude, example):
+    """A deep copy of ``model`` with the op set ``ops`` wrapped by ``spec`` (uncalibrated):
+    cnn → every conv/linear; transformer → every Linear and attention MatMul."""
+    student = copy.deepcopy(model)
+    include = ["*"] if ops == "cnn" else [
+        n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
+    quantize(student, spec, include=include, exclude=list(exclude), example_input=example)
+    return student
+
+
+def dobi_calibrated(model, cfg: DOBIConfig, batches) -> tuple:
+    """quantize + DOBI calibration on ``batches`` → (student, info, seconds)."""
+    ops = op_set(model, cfg.ops)
+    spec = dobi_spec(cfg, cfg.bits, ops)
+    start = time.perf_counter()
+    student = quantized_copy(model, spec, ops, cfg.exclude, batches[0][:1])
+    calibrate(student, batches)
+    return student, {"ops": ops}, time.perf_counter() - start
+
+
+def dobi_ptq(model, cfg: DOBIConfig, calib, **_) -> QuantResult:
+    batches = as_batches(calib, cfg.calib.batch_size, device_of(model))
+    student, info, seconds = dobi_calibrated(model, cfg, batches)
+    freeze(student)
+    return QuantResult(student, {"calibrate": round(seconds, 3), "finetune": 0.0},
+                       {"calibration": info, **summary(student)})

@@ -2,7 +2,7 @@
 
 After DOBI, every quantizer's (l, u) trains (weights, biases, norms stay fixed) to match the
 FP teacher: L = L_O + λ·L_F, L_O the mean L1 between outputs, L_F the normalized distance of
-the feature-block outputs (catalog.FEATURE_BLOCKS; SwinIR: the four residual groups). Adam
+the feature-block outputs (``feature_blocks``: the zoo's ModelSpec names them; none: L_O only). Adam
 with the preset's lr, betas, schedule, iterations and batch; the last step is kept (no
 checkpoint is ever picked on a test set); LR patches only.
 """
@@ -10,49 +10,80 @@ checkpoint is ever picked on a test set); LR patches only.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from srq.lit.distill import DistillationModule
-from srq.lit.losses import NormalizedFeatureLoss, OutputL1, WeightedSum
-from srq.methods.dobi import DOBIInit
-from srq.methods.finetune import fit, more_patches
-from srq.models.zoo import feature_blocks, get_spec
-from srq.quant import freeze, quantization_map, quantizers
-from srq.quant.size import quantized_size_mb
+from srq.lit.distill import LR_SCHEDULES, DistillationModule
+from srq.lit.fit import Fitter
+from srq.lit.losses import DISTANCES, NormalizedFeatureLoss, OutputL1, WeightedSum
+from srq.methods.common import QuantResult, as_batches, device_of, model_scale, samples, summary
+from srq.methods.config import Config, choice
+from srq.methods.dobi import DOBIConfig, dobi_calibrated
+from srq.quant import freeze, quantizers
 
 
-class TwoDQuant(DOBIInit):
-    def distillation_module(self, teacher, student, arch: str) -> DistillationModule:
-        q = self.cfg.dqc
-        blocks = feature_blocks(teacher, arch) if float(q.feat_weight) > 0 else []
-        terms = {"out": (1.0, OutputL1())}
-        if blocks:
-            terms["feat"] = (float(q.feat_weight), NormalizedFeatureLoss(
-                blocks, norm="per_sample", distance=q.feat_distance, layer_reduce="sum"))
-        bounds = [p for _, qz in quantizers(student) for p in qz.learnable().values()]
-        module = DistillationModule(
-            teacher, student, WeightedSum(terms), {"bounds": bounds}, [["bounds"]],
-            lr=float(q.lr), betas=tuple(q.betas), lr_schedule=q.lr_schedule,
-            total_steps=int(q.iterations), projections=[qz.project_ for _, qz in quantizers(student)],
-            scale=teacher.scale)
-        module.feature_blocks = blocks
-        return module
+@dataclass(frozen=True)
+class DQCSettings(Config):
+    preset: str = "cpu"
+    iterations: int = 300
+    batch_size: int = 4
+    num_patches: int | None = 128
+    lr: float = 1e-2
+    betas: tuple = (0.9, 0.999)
+    lr_schedule: str = "cosine"
+    feat_weight: float = 5.0
+    feat_distance: str = "squared_per_element"
 
-    def apply(self, teacher, context):
-        from srq.methods import MethodResult
+    def validate(self):
+        choice(self.lr_schedule, LR_SCHEDULES, "dqc.lr_schedule")
+        choice(self.feat_distance, DISTANCES, "dqc.feat_distance")
 
-        run_cfg, q = context["cfg"], self.cfg.dqc
-        student, train, val, info, t_calib = self.prepare(teacher, context)
-        start = time.perf_counter()
-        if q.get("num_patches"):  # DQC's own training patches (same source, seed + 2)
-            train = more_patches(train, int(q.num_patches), teacher.scale)
-        module = self.distillation_module(teacher, student, get_spec(run_cfg.model.name).arch)
-        common = fit(module, train, val, int(q.batch_size), context, steps=int(q.iterations))
-        freeze(student)
-        info_ft = {"preset": q.preset, "iterations": int(q.iterations), **common, "lr": float(q.lr),
-                   "betas": list(q.betas), "lr_schedule": q.lr_schedule,
-                   "feature_blocks": len(module.feature_blocks), "select": "last"}
-        return MethodResult(
-            student=student,
-            time_s={"calibrate": round(t_calib, 3), "finetune": round(time.perf_counter() - start, 3)},
-            info={"calibration": info, "finetune": info_ft, "size_mb": quantized_size_mb(student),
-                  "quantization_map": quantization_map(student)})
+
+@dataclass(frozen=True)
+class TwoDQuantConfig(DOBIConfig):
+    name: str = "2dquant"
+    dqc: DQCSettings = DQCSettings()
+
+    @property
+    def train_patches(self) -> int | None:
+        return self.dqc.num_patches
+
+
+def dqc_module(teacher, student, cfg: TwoDQuantConfig, blocks: list[str], scale: int
+               ) -> DistillationModule:
+    q = cfg.dqc
+    blocks = blocks if float(q.feat_weight) > 0 else []
+    terms = {"out": (1.0, OutputL1())}
+    if blocks:
+        terms["feat"] = (float(q.feat_weight), NormalizedFeatureLoss(
+            blocks, norm="per_sample", distance=q.feat_distance, layer_reduce="sum"))
+    bounds = [p for _, qz in quantizers(student) for p in qz.learnable().values()]
+    module = DistillationModule(
+        teacher, student, WeightedSum(terms), {"bounds": bounds}, [["bounds"]],
+        lr=float(q.lr), betas=tuple(q.betas), lr_schedule=q.lr_schedule,
+        total_steps=int(q.iterations), projections=[qz.project_ for _, qz in quantizers(student)],
+        scale=scale)
+    module.feature_blocks = blocks
+    return module
+
+
+def twodquant(model, cfg: TwoDQuantConfig, calib, *, train=None, val=None, teacher=None,
+              feature_blocks=None, fit=None, **_) -> QuantResult:
+    """DOBI on ``calib`` → DQC on ``train`` (default: ``calib``) with validation on ``val``,
+    distilling ``teacher`` (default ``model``) at ``feature_blocks`` (names; None: output only)."""
+    q = cfg.dqc
+    teacher = teacher or model
+    batches = as_batches(calib, cfg.calib.batch_size, device_of(model))
+    student, info, t_calib = dobi_calibrated(model, cfg, batches)
+    start = time.perf_counter()
+    module = dqc_module(teacher, student, cfg, list(feature_blocks or []),
+                        model_scale(teacher, batches[0]))
+    train = samples(train if train is not None else calib)
+    common = (fit or Fitter())(module, train, None if val is None else samples(val),
+                               int(q.batch_size), steps=int(q.iterations))
+    freeze(student)
+    info_ft = {"preset": q.preset, "iterations": int(q.iterations), **common, "lr": float(q.lr),
+               "betas": list(q.betas), "lr_schedule": q.lr_schedule,
+               "feature_blocks": len(module.feature_blocks), "select": "last"}
+    return QuantResult(
+        student, {"calibrate": round(t_calib, 3), "finetune": round(time.perf_counter() - start, 3)},
+        {"calibration": info, "finetune": info_ft, **summary(student)})

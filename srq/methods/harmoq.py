@@ -21,25 +21,87 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from tqdm.auto import tqdm
 
 from srq.errors import SrqError
-from srq.lit.distill import DistillationModule
+from srq.lit.distill import LR_SCHEDULES, DistillationModule
+from srq.lit.fit import Fitter
 from srq.lit.losses import BalanceLoss, NormalizedFeatureLoss, OutputL1, WeightedSum
-from srq.methods.dobi import DOBIInit
-from srq.methods.finetune import finetune_data, fit, more_patches
-from srq.models.zoo import feature_blocks, get_spec
-from srq.quant import freeze, quantization_map, quantizers, wrapped_modules
+from srq.methods.common import QuantResult, as_batches, device_of, model_scale, samples, summary
+from srq.methods.config import Config, choice
+from srq.methods.dobi import DOBIConfig, dobi_calibrated
+from srq.quant import freeze, quantizers, wrapped_modules
 from srq.quant.api import execution_order
 from srq.quant.harmonize import harmonize
 from srq.quant.modules import QuantModule
 from srq.quant.residual import ResidualStats, correct_linear
-from srq.quant.size import quantized_size_mb
 
 ORDERS = ("hso_first", "abstract")
+
+
+@dataclass(frozen=True)
+class HSOSettings(Config):
+    enabled: bool = True
+    alpha: float = 0.5
+    norm_linear: bool = True
+    v_proj: bool = True
+    qk: bool = True
+
+
+@dataclass(frozen=True)
+class SRCSettings(Config):
+    enabled: bool = False
+    mu_h: float = 1.0
+    alpha_damp: float = 0.01
+    gamma: float = 1.0
+    bias_correction: bool = True
+    regressor: str = "quantized"
+
+    def validate(self):
+        choice(self.regressor, ("quantized", "float"), "src.regressor")
+
+
+@dataclass(frozen=True)
+class ABRSettings(Config):
+    enabled: bool = True
+    preset: str = "cpu"
+    rounds: int = 3
+    steps: int = 100
+    batch_size: int = 4
+    num_patches: int | None = 128
+    lr: float = 1e-2
+    relative: bool = False
+    betas: tuple = (0.9, 0.999)
+    lr_schedule: str = "cosine"
+    lambda_feat: float = 5.0
+    lambda_bal: float = 0.0
+    balance_target: str = "init"
+    resolve_src: bool = True
+
+    def validate(self):
+        choice(self.lr_schedule, LR_SCHEDULES, "abr.lr_schedule")
+        choice(self.balance_target, ("init", "one"), "abr.balance_target")
+
+
+@dataclass(frozen=True)
+class HarmoQConfig(DOBIConfig):
+    name: str = "harmoq"
+    order: str = "hso_first"
+    hso: HSOSettings = HSOSettings()
+    src: SRCSettings = SRCSettings()
+    abr: ABRSettings = ABRSettings()
+
+    def validate(self):
+        super().validate()
+        choice(self.order, ORDERS, "method.order")
+
+    @property
+    def train_patches(self) -> int | None:
+        return self.abr.num_patches
 
 
 class _Stop(Exception):
@@ -71,10 +133,12 @@ def residual_calibrate(teacher, student, names: list[str], batches, src_cfg) -> 
     earlier layer already corrected."""
     t_mods, s_mods = dict(teacher.named_modules()), dict(student.named_modules())
     report = {"layers": 0, "pinv": 0, "delta_rel_mean": 0.0}
+    device = device_of(student)
     for name in tqdm(names, desc="residual calibration", unit="layer", leave=False):
         wrapper = s_mods[name]
         stats = ResidualStats(float(src_cfg.mu_h), src_cfg.regressor)
         for batch in batches:
+            batch = batch.to(device)
             x = _input_of(teacher, name, batch)
             xs = _input_of(student, name, batch)
             xq = wrapper.input_quantizer(xs) if wrapper.input_quantizer is not None else xs
@@ -116,93 +180,89 @@ class _ResolveSRC(L.Callback):
             self.fn()
 
 
-class HarmoQ(DOBIInit):
-    def apply(self, teacher, context):
-        from srq.methods import MethodResult
-
-        run_cfg, cfg = context["cfg"], self.cfg
-        order = cfg.get("order", "hso_first")
-        if order not in ORDERS:
-            raise SrqError(f"unknown method.order={order!r}; valid: {', '.join(ORDERS)}")
-        start = time.perf_counter()
-        info: dict = {}
-        data = finetune_data(run_cfg, cfg, teacher.scale)  # drawn once: HSO statistics and DOBI
-        batches = list(data[0].batches(data[2]["batch_size"]))
-        fp = teacher
-        if order == "abstract" and cfg.src.enabled:  # SRC on the unfolded model first
-            student, _, _, _, _ = self.prepare(teacher, context, data)
-            linears = _linears_in_order(student, batches)
-            info["src"] = residual_calibrate(teacher, student, linears, batches, cfg.src)
-            fp = copy.deepcopy(teacher)  # FP model carrying the corrected weights
-            modules = dict(student.named_modules())
-            for name in linears:
-                fp.get_submodule(name).load_state_dict(modules[name].module.state_dict())
-        if cfg.hso.enabled:
-            fp = copy.deepcopy(fp) if fp is teacher else fp  # same output, new coordinates
-            info["hso"] = harmonize(fp, batches, alpha=float(cfg.hso.alpha), qk=bool(cfg.hso.qk),
-                                    norm_linear=bool(cfg.hso.norm_linear), v_proj=bool(cfg.hso.v_proj))
-        student, train, val, data_info, _ = self.prepare(fp, context, data)
+def harmoq(model, cfg: HarmoQConfig, calib, *, train=None, val=None, feature_blocks=None,
+           fit=None, **_) -> QuantResult:
+    """HSO → DOBI → (SRC) → ABR on ``train`` (default ``calib``), validation on ``val``;
+    the feature loss taps ``feature_blocks`` (names; None: output only)."""
+    order = cfg.order
+    fit = fit or Fitter()
+    start = time.perf_counter()
+    info: dict = {}
+    batches = as_batches(calib, cfg.calib.batch_size, device_of(model))  # HSO statistics and DOBI
+    fp = model
+    if order == "abstract" and cfg.src.enabled:  # SRC on the unfolded model first
+        student, _, _ = dobi_calibrated(model, cfg, batches)
         linears = _linears_in_order(student, batches)
-        if order == "hso_first" and cfg.src.enabled:
-            info["src"] = residual_calibrate(fp, student, linears, batches, cfg.src)
-            _reinit_weight_bounds(student, linears)
-        t_calib = time.perf_counter() - start
-        ft = None
-        start = time.perf_counter()
-        if cfg.abr.enabled:
-            # abstract order: the teacher is the original model (its corrected copy is not FP)
-            distill_from = teacher if order == "abstract" and cfg.src.enabled else fp
-            ft = self.refine(distill_from, student, train, val, batches, linears, context,
-                             resolve_src=order == "hso_first")
-        freeze(student)
-        return MethodResult(
-            student=student,
-            time_s={"calibrate": round(t_calib, 3), "finetune": round(time.perf_counter() - start, 3)},
-            info={"calibration": {**data_info, "order": order, "hso": info.get("hso"),
-                                  "src": info.get("src")},
-                  "finetune": ft, "size_mb": quantized_size_mb(student),
-                  "quantization_map": quantization_map(student)})
-
-    def refine(self, fp, student, train, val, batches, linears, context, resolve_src=True) -> dict:
-        run_cfg, a = context["cfg"], self.cfg.abr
-        arch = get_spec(run_cfg.model.name).arch
-        if a.get("num_patches"):  # training patches: same source, seed + 2
-            train = more_patches(train, int(a.num_patches), fp.scale)
-        blocks = feature_blocks(fp, arch) if float(a.lambda_feat) > 0 else []
-        terms = {"out": (1.0, OutputL1())}
-        if blocks:
-            terms["feat"] = (float(a.lambda_feat), NormalizedFeatureLoss(
-                blocks, distance="squared_per_element", layer_reduce="sum"))
+        info["src"] = residual_calibrate(model, student, linears, batches, cfg.src)
+        fp = copy.deepcopy(model)  # FP model carrying the corrected weights
         modules = dict(student.named_modules())
-        ratios = None
-        if float(a.lambda_bal) > 0:
-            balance = BalanceLoss({n: modules[n] for n in linears})
-            if a.balance_target == "init":
-                probe = DistillationModule(fp, student, WeightedSum({"bal": (1.0, balance)}),
-                                           {"b": [p for _, q in quantizers(student)
-                                                  for p in q.learnable().values()]}, [["b"]])
-                _, _, fs, ft_ = probe._forward_pair(batches[0])
-                ratios = balance.ratios(fs, ft_)
-                balance.targets = ratios
-                student.requires_grad_(False)
-            terms["bal"] = (float(a.lambda_bal), balance)
-        bounds = []
-        for _, q in quantizers(student):
-            for p in q.learnable().values():
-                span = float((q.hi - q.lo).abs().max()) if hasattr(q, "hi") else 1.0
-                bounds.append((p, span if a.relative else 1.0))
-        total = int(a.rounds) * int(a.steps)
-        module = DistillationModule(
-            fp, student, WeightedSum(terms), {"bounds": bounds}, [["bounds"]], lr=float(a.lr),
-            betas=tuple(a.betas), lr_schedule=a.lr_schedule, total_steps=total,
-            projections=[q.project_ for _, q in quantizers(student)], scale=fp.scale)
-        callbacks = []
-        resolve_src = resolve_src and self.cfg.src.enabled and bool(a.resolve_src)
-        if resolve_src and int(a.rounds) > 1:
-            callbacks.append(_ResolveSRC(
-                lambda: residual_calibrate(fp, student, linears, batches, self.cfg.src), int(a.steps)))
-        common = fit(module, train, val, int(a.batch_size), context, steps=total, callbacks=callbacks)
-        return {"preset": a.preset, "rounds": int(a.rounds), **common, "lr": float(a.lr),
-                "relative": bool(a.relative), "lambda_bal": float(a.lambda_bal),
-                "balance_target": a.balance_target, "resolve_src": resolve_src,
-                "feature_blocks": len(blocks)}
+        for name in linears:
+            fp.get_submodule(name).load_state_dict(modules[name].module.state_dict())
+    if cfg.hso.enabled:
+        fp = copy.deepcopy(fp) if fp is model else fp  # same output, new coordinates
+        h = cfg.hso
+        info["hso"] = harmonize(fp, batches, alpha=float(h.alpha), qk=bool(h.qk),
+                                norm_linear=bool(h.norm_linear), v_proj=bool(h.v_proj))
+    student, data_info, _ = dobi_calibrated(fp, cfg, batches)
+    linears = _linears_in_order(student, batches)
+    if order == "hso_first" and cfg.src.enabled:
+        info["src"] = residual_calibrate(fp, student, linears, batches, cfg.src)
+        _reinit_weight_bounds(student, linears)
+    t_calib = time.perf_counter() - start
+    ft = None
+    start = time.perf_counter()
+    if cfg.abr.enabled:
+        # abstract order: the teacher is the original model (its corrected copy is not FP)
+        distill_from = model if order == "abstract" and cfg.src.enabled else fp
+        ft = refine(distill_from, student, cfg, samples(train if train is not None else calib),
+                    None if val is None else samples(val), batches, linears,
+                    list(feature_blocks or []), fit, resolve_src=order == "hso_first")
+    freeze(student)
+    return QuantResult(
+        student,
+        {"calibrate": round(t_calib, 3), "finetune": round(time.perf_counter() - start, 3)},
+        {"calibration": {**data_info, "order": order, "hso": info.get("hso"), "src": info.get("src")},
+         "finetune": ft, **summary(student)})
+
+
+def refine(fp, student, cfg: HarmoQConfig, train, val, batches, linears, blocks, fit,
+           resolve_src=True) -> dict:
+    a = cfg.abr
+    blocks = blocks if float(a.lambda_feat) > 0 else []
+    terms = {"out": (1.0, OutputL1())}
+    if blocks:
+        terms["feat"] = (float(a.lambda_feat), NormalizedFeatureLoss(
+            blocks, distance="squared_per_element", layer_reduce="sum"))
+    modules = dict(student.named_modules())
+    ratios = None
+    if float(a.lambda_bal) > 0:
+        balance = BalanceLoss({n: modules[n] for n in linears})
+        if a.balance_target == "init":
+            probe = DistillationModule(fp, student, WeightedSum({"bal": (1.0, balance)}),
+                                       {"b": [p for _, q in quantizers(student)
+                                              for p in q.learnable().values()]}, [["b"]])
+            _, _, fs, ft_ = probe._forward_pair(batches[0])
+            ratios = balance.ratios(fs, ft_)
+            balance.targets = ratios
+            student.requires_grad_(False)
+        terms["bal"] = (float(a.lambda_bal), balance)
+    bounds = []
+    for _, q in quantizers(student):
+        for p in q.learnable().values():
+            span = float((q.hi - q.lo).abs().max()) if hasattr(q, "hi") else 1.0
+            bounds.append((p, span if a.relative else 1.0))
+    total = int(a.rounds) * int(a.steps)
+    module = DistillationModule(
+        fp, student, WeightedSum(terms), {"bounds": bounds}, [["bounds"]], lr=float(a.lr),
+        betas=tuple(a.betas), lr_schedule=a.lr_schedule, total_steps=total,
+        projections=[q.project_ for _, q in quantizers(student)], scale=model_scale(fp, batches[0]))
+    callbacks = []
+    resolve_src = resolve_src and cfg.src.enabled and bool(a.resolve_src)
+    if resolve_src and int(a.rounds) > 1:
+        callbacks.append(_ResolveSRC(
+            lambda: residual_calibrate(fp, student, linears, batches, cfg.src), int(a.steps)))
+    common = fit(module, train, val, int(a.batch_size), steps=total, callbacks=callbacks)
+    return {"preset": a.preset, "rounds": int(a.rounds), **common, "lr": float(a.lr),
+            "relative": bool(a.relative), "lambda_bal": float(a.lambda_bal),
+            "balance_target": a.balance_target, "resolve_src": resolve_src,
+            "feature_blocks": len(blocks)}

@@ -8,86 +8,76 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, field
 
-import torch
-from torch import nn
-
-from srq.data.calibration import CalibrationConfig, CalibrationPatches
 from srq.errors import SrqError
-from srq.quant import (
-    QuantFormat,
-    QuantSpec,
-    calibration_mode,
-    freeze,
-    quantization_map,
-    quantize,
-)
-from srq.quant.size import quantized_size_mb
+from srq.methods.common import QuantResult, as_batches, calibrate, device_of, summary
+from srq.methods.config import Bits, Config, MethodConfig, choice
+from srq.quant import QuantFormat, QuantSpec, freeze, quantize
+from srq.quant.api import LAYER_POLICIES
+from srq.quant.observers import OBSERVERS
+from srq.quant.primitives import MODES
 
 
-def calibration_patches(cfg, scale: int) -> CalibrationPatches:
-    c = cfg.calib
-    return CalibrationPatches(CalibrationConfig(
-        source=c.source, num_patches=c.num_patches, patch_size=c.patch_size, seed=c.seed,
-        folder=c.get("folder"), folder_is_hr=c.get("folder_is_hr", True),
-        set_name=c.get("set_name", "B100")), scale)
+@dataclass(frozen=True)
+class TensorSettings(Config):
+    """How one side (weights or activations) is quantized: observer, mode, granularity."""
+
+    observer: str = "minmax"
+    mode: str = "free"
+    per_channel: bool = False
+    args: dict = field(default_factory=dict)
+
+    def validate(self):
+        choice(self.observer, OBSERVERS, "observer")
+        choice(self.mode, MODES, "mode")
 
 
-def _format(part, bits: int | None, weight: bool) -> QuantFormat | None:
+@dataclass(frozen=True)
+class UniformConfig(MethodConfig):
+    """``minmax`` / ``ema_minmax`` / ``percentile`` / ``mse``: the observers decide the bounds."""
+
+    name: str = "minmax"
+    weight: TensorSettings = TensorSettings(mode="narrow", per_channel=True)
+    act: TensorSettings = TensorSettings()
+    layer_policy: str = "first_last_8bit"
+    include: tuple = ("*",)
+    exclude: tuple = ()
+
+    def validate(self):
+        choice(self.layer_policy, LAYER_POLICIES, "layer_policy")
+
+
+def tensor_format(part: TensorSettings, bits: int | None, weight: bool) -> QuantFormat | None:
     if bits is None:
         return None
-    axis = 0 if weight and part.get("per_channel", False) else None
+    axis = 0 if weight and part.per_channel else None
     try:
         return QuantFormat(bits=int(bits), mode=part.mode, axis=axis, observer=part.observer,
-                           observer_args=tuple(sorted(dict(part.get("args") or {}).items())))
+                           observer_args=tuple(sorted(dict(part.args or {}).items())))
     except ValueError as exc:
         raise SrqError(f"{exc}; pick another bits= config") from exc
 
 
-def spec_from_config(method_cfg, bits_cfg) -> QuantSpec:
-    return QuantSpec(weight=_format(method_cfg.weight, bits_cfg.weight_bits, weight=True),
-                     input=_format(method_cfg.act, bits_cfg.act_bits, weight=False),
-                     layer_policy=method_cfg.layer_policy)
+def uniform_spec(cfg: UniformConfig, bits: Bits) -> QuantSpec:
+    return QuantSpec(weight=tensor_format(cfg.weight, bits.weight_bits, weight=True),
+                     input=tensor_format(cfg.act, bits.act_bits, weight=False),
+                     layer_policy=cfg.layer_policy)
 
 
-def run_calibration(model: nn.Module, calib: CalibrationPatches, batch_size: int) -> None:
-    device = next(model.parameters()).device
-    with calibration_mode(model), torch.no_grad():
-        for batch in calib.batches(batch_size):
-            model(batch.to(device))
-
-
-class UniformPTQ:
-    """A baseline PTQ method: the observers in ``cfg`` decide the bounds."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def apply(self, teacher: nn.Module, context):
-        from srq.methods import MethodResult
-
-        run_cfg = context["cfg"]
-        if run_cfg.bits.weight_bits is None and run_cfg.bits.act_bits is None:
-            raise SrqError(f"method={self.cfg.name} needs a quantized bits= config (e.g. "
-                           "bits=w8a8), not bits=fp32")
-        if run_cfg.bits.get("palettize", False):
-            raise SrqError(f"bits={run_cfg.bits.name} palettizes weights, which "
-                           f"method={self.cfg.name} does not do; use method=coreai")
-        spec = spec_from_config(self.cfg, run_cfg.bits)
-        start = time.perf_counter()
-        calib = calibration_patches(run_cfg, teacher.scale)  # never empty: see CalibrationConfig
-        student = copy.deepcopy(teacher)
-        quantize(student, spec, include=list(self.cfg.include), exclude=list(self.cfg.exclude),
-                 example_input=calib[0][None])
-        try:
-            run_calibration(student, calib, run_cfg.calib.batch_size)
-        except (RuntimeError, FloatingPointError) as exc:
-            raise SrqError(f"calibration failed: {exc}") from exc
-        freeze(student)
-        elapsed = time.perf_counter() - start
-        return MethodResult(student=student, time_s={"calibrate": round(elapsed, 3), "finetune": 0.0},
-                            info={"size_mb": quantized_size_mb(student),
-                                  "quantization_map": quantization_map(student),
-                                  "calibration": {"source": run_cfg.calib.source,
-                                                  "num_patches": len(calib),
-                                                  "patch_size": run_cfg.calib.patch_size}})
+def uniform_ptq(model, cfg: UniformConfig, calib, **_) -> QuantResult:
+    """quantize a copy of ``model`` → calibrate on ``calib`` → freeze."""
+    cfg.require_bits("e.g. bits=w8a8")
+    if cfg.bits.palettize:
+        raise SrqError(f"bits={cfg.bits.name} palettizes weights, which method={cfg.name} does "
+                       "not do; use method=coreai")
+    spec = uniform_spec(cfg, cfg.bits)
+    start = time.perf_counter()
+    batches = as_batches(calib, cfg.calib.batch_size, device_of(model))
+    student = copy.deepcopy(model)
+    quantize(student, spec, include=list(cfg.include), exclude=list(cfg.exclude),
+             example_input=batches[0][:1])
+    calibrate(student, batches)
+    freeze(student)
+    return QuantResult(student, {"calibrate": round(time.perf_counter() - start, 3), "finetune": 0.0},
+                       summary(student))

@@ -7,7 +7,26 @@ papers' tables. Names are ``<arch>_x<scale>``.
 
 from __future__ import annotations
 
-from srq.models.zoo import Checkpoint, ModelSpec, register
+import dataclasses
+
+from srq.models.spec import Checkpoint, ModelSpec
+from srq.models.spec import register as _register_spec
+
+# --- Feature blocks: where distillation losses tap "block outputs" (one '*' = one name part) --
+FEATURE_BLOCKS: dict[str, tuple[str, ...]] = {
+    "imdn": ("net.IMDB*",), "rfdn": ("net.B*",), "pan": ("net.SCPA_trunk.*",),
+    "carn_m": ("net.b*",), "imdtn": ("net.IMDTB*",), "lmlt_tiny": ("net.feats.*",),
+    "lbnet_t": ("net.r*",), "craft": ("net.layers.*",),
+    "swinir_s": ("net.layers.*.residual_group",),  # 2DQuant's sites: each RSTB's BasicLayer
+    "edsr": ("net.body.*",), "edsr_baseline": ("net.body.*",), "rdn": ("net.rdbs.*",),
+    "srresnet": ("net.body.*",),
+}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Register ``spec`` with its architecture's feature blocks."""
+    return _register_spec(dataclasses.replace(spec, feature_blocks=FEATURE_BLOCKS.get(spec.arch, ())))
+
 
 ARCHS = "srq.models.archs"
 
@@ -202,13 +221,3 @@ for _scale, _sha in _SWINIR_S.items():
                               mirror=f"weights/SwinIR/{_file}.pth", container="params"),
         published_psnr=_by_scale({"Set5": (38.14, 34.62, 32.44)}, _scale),
     ))
-
-# --- Feature blocks: where distillation losses tap "block outputs" (one '*' = one name part) --
-FEATURE_BLOCKS: dict[str, tuple[str, ...]] = {
-    "imdn": ("net.IMDB*",), "rfdn": ("net.B*",), "pan": ("net.SCPA_trunk.*",),
-    "carn_m": ("net.b*",), "imdtn": ("net.IMDTB*",), "lmlt_tiny": ("net.feats.*",),
-    "lbnet_t": ("net.r*",), "craft": ("net.layers.*",),
-    "swinir_s": ("net.layers.*.residual_group",),  # 2DQuant's sites: each RSTB's BasicLayer
-    "edsr": ("net.body.*",), "edsr_baseline": ("net.body.*",), "rdn": ("net.rdbs.*",),
-    "srresnet": ("net.body.*",),
-}

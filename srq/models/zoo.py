@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import importlib
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,70 +14,10 @@ from torch import nn
 from srq.data import store
 from srq.errors import SrqError
 from srq.models.legacy import load_module_pickle
+from srq.models.spec import MODELS, Checkpoint, ModelSpec, register
 from srq.models.wrapper import SRNet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where a model's pretrained weights come from.
-
-    ``store``: a path in srq's data manifest (mirror/cache/download, sha256-checked).
-    ``url``: an official public URL for files outside the manifest, with ``sha256`` when
-    known, else ``hash_prefix`` (BasicSR-style file names carry sha256[:8]); ``mirror``
-    is the path looked up under ``SRQ_DATA_DIR`` for it.
-    ``container``: key holding the state_dict (``params``, ``params_ema``), tried first.
-    ``key_map``: (state_dict) → state_dict for official layouts that differ from the arch.
-    """
-
-    store: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-    hash_prefix: str | None = None
-    mirror: str | None = None
-    container: str | None = None
-    strip_prefix: str = "module."
-    key_map: Callable[[dict], dict] | None = None
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One named model: ``<arch>_x<scale>``, its builder and conventions.
-
-    ``builder``: ``"module:Class"`` (imported lazily) called with ``scale_arg=scale`` and ``kwargs``.
-    ``input_range``: 1 or 255 (what the net expects for white). ``color``: see SRNet.
-    ``reference_psnr``: FP Y-PSNR measured with srq's protocol, {set: dB}, for tests/docs.
-    ``published_psnr``: the paper's numbers, {set: dB}.
-    """
-
-    name: str
-    arch: str
-    scale: int
-    builder: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    input_range: float = 1.0
-    color: str = "rgb"
-    pad_multiple: int = 1
-    checkpoint: Checkpoint | None = None
-    reference_psnr: dict[str, float] = field(default_factory=dict)
-    published_psnr: dict[str, float] = field(default_factory=dict)
-    scale_arg: str = "scale"  # basicsr archs call it ``upscale``
-
-    def build_net(self) -> nn.Module:
-        module_name, cls_name = self.builder.split(":")
-        cls = getattr(importlib.import_module(module_name), cls_name)
-        return cls(**{self.scale_arg: self.scale}, **self.kwargs)
-
-
-MODELS: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in MODELS:
-        raise ValueError(f"model {spec.name} registered twice")
-    MODELS[spec.name] = spec
-    return spec
 
 
 def model_names() -> list[str]:
@@ -95,16 +32,12 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def feature_blocks(model: nn.Module, arch: str) -> list[str]:
-    """Names of ``model``'s feature blocks (``catalog.FEATURE_BLOCKS[arch]``; a glob matches
-    one dotted name part per part, so ``net.body.*`` is each direct child of ``net.body``)."""
+def feature_blocks(model: nn.Module, arch_or_name: str) -> list[str]:
+    """Names of ``model``'s feature blocks (the spec's ``feature_blocks`` globs), by model name
+    or architecture."""
     _load_catalog()
-    from srq.models.catalog import FEATURE_BLOCKS
-
-    patterns = [p.split(".") for p in FEATURE_BLOCKS.get(arch, ())]
-    return [name for name, _ in model.named_modules()
-            if any(len(parts := name.split(".")) == len(p)
-                   and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, p)) for p in patterns)]
+    spec = MODELS.get(arch_or_name) or next((s for s in MODELS.values() if s.arch == arch_or_name), None)
+    return spec.feature_block_names(model) if spec else []
 
 
 @functools.lru_cache(maxsize=1)
@@ -168,7 +101,8 @@ def read_state_dict(path: str | Path, ckpt: Checkpoint | None = None) -> dict[st
         except Exception:
             raise SrqError(
                 f"cannot read checkpoint {path} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}); pass a torch state_dict file (.pth)"
+                f"{(str(exc).splitlines() or ['truncated or damaged'])[0][:200]}); pass a complete "
+                "torch state_dict file (.pth)"
             ) from exc
     containers = [ckpt.container] if ckpt and ckpt.container else []
     containers += ["params_ema", "params", "state_dict", "model"]
@@ -215,16 +149,21 @@ def build_model(name: str, pretrained: bool = True, checkpoint: str | None = Non
     """An SRNet (RGB [0,1] in and out) for registry model ``name``, in eval mode.
 
     ``checkpoint``: a local file instead of the registry's; ``pretrained=False``: random init.
+    The model carries its zoo name (``srq_name``) and the sha256 of the FP checkpoint it was
+    loaded from (``srq_checkpoint_sha256``; None for random weights), which artifacts record.
     """
     spec = get_spec(name)
     net = spec.build_net()
+    path = None
     if checkpoint is not None:
         path = Path(os.path.expanduser(checkpoint))
-        load_weights(net, read_state_dict(path, spec.checkpoint), name, str(path))
     elif pretrained:
         path = checkpoint_path(spec)
+    if path is not None:
         load_weights(net, read_state_dict(path, spec.checkpoint), name, str(path))
     model = SRNet(net, spec.scale, spec.input_range, spec.color, spec.pad_multiple)
+    model.srq_name = name
+    model.srq_checkpoint_sha256 = store.sha256_of(path) if path is not None else None
     return model.eval()
 
 

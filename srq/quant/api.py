@@ -126,9 +126,19 @@ def quantize(model: nn.Module, spec: QuantSpec, include: list[str] | None = None
         if override is not None and wrapper.input_quantizer is not None:
             wrapper.input_quantizer = build_quantizer(override)
         wrapper.is_edge = name in edges and spec.layer_policy != "all"
+        device = _device_of(module, example_input)
+        if device is not None:
+            wrapper.to(device)  # quantizer bounds live beside the weights they quantize
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, wrapper)
     return model
+
+
+def _device_of(module: nn.Module, example_input: torch.Tensor | None) -> torch.device | None:
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = example_input
+    return None if tensor is None else tensor.device
 
 
 def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
@@ -174,14 +184,28 @@ def calibration_mode(model: nn.Module):
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """Fix everything: bounds become constants and each quantized weight is computed once."""
+    """Fix everything: bounds become constants and every quantized weight is replaced, in
+    place, by its value on the grid, ``W ← dequantize(codes(W))`` (no second FP copy is kept).
+    Freezing a model whose quantizers never saw data is an error."""
+    from srq.quant.primitives import dequantize, fake_quantize_codes
+
+    unseen = [n for n, q in quantizers(model) if not q.calibrated]
+    if unseen:
+        raise RuntimeError(
+            f"freeze: {len(unseen)} quantizer(s) never saw data ({', '.join(unseen[:3])}"
+            f"{', ...' if len(unseen) > 3 else ''}); calibrate first (run batches inside "
+            "calibration_mode(model)) or load calibrated bounds")
     for _, q in quantizers(model):
         for p in q.learnable().values():
             p.requires_grad_(False)
     for _, module in wrapped_modules(model):
-        if isinstance(module, QuantModule) and module.weight_quantizer is not None:
+        if isinstance(module, QuantModule) and module.weight_quantizer is not None and not module.frozen:
+            wq, weight = module.weight_quantizer, module.module.weight
             with torch.no_grad():
-                module.frozen_weight = module.weight_quantizer(module.module.weight).detach().clone()
+                codes = fake_quantize_codes(weight.detach().clone(), wq.lo, wq.hi, wq.fmt.bits,
+                                            wq.fmt.mode, wq.fmt.rounding)
+                weight.copy_(dequantize(codes, wq.lo, wq.hi, wq.fmt.bits, wq.fmt.mode))
+            module.frozen = True
     return model
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srq.models.archs.common import MatMul
+from srq.ops import MatMul
 from srq.quant.plq import PiecewiseLinearQuantizer, PLQFormat
 from srq.quant.quantizer import QuantFormat, Quantizer, UniformQuantizer
 
@@ -20,8 +19,8 @@ def build_quantizer(fmt: QuantFormat | PLQFormat) -> Quantizer:
 
 class QuantModule(nn.Module):
     """Base wrapper: ``module`` keeps its parameters; ``weight_quantizer`` and
-    ``input_quantizer`` are None when that tensor stays FP. After :func:`freeze`, the
-    fake-quantized weight is cached in ``frozen_weight`` (a buffer) and used directly."""
+    ``input_quantizer`` are None when that tensor stays FP. After :func:`freeze`,
+    ``module.weight`` *is* the quantized weight (one copy, on the grid) and ``frozen`` is set."""
 
     weight_axis = 0
 
@@ -36,22 +35,17 @@ class QuantModule(nn.Module):
             self.weight_quantizer = UniformQuantizer(fmt)
         self.input_quantizer = build_quantizer(inputs) if inputs is not None else None
         self.output_quantizer = build_quantizer(outputs) if outputs is not None else None
-        self.register_buffer("frozen_weight", None)
+        self.frozen = False
 
     def forward(self, x):
         out = self.compute(self.quantized_input(x), self.quantized_weight())
         return self.output_quantizer(out) if self.output_quantizer is not None else out
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "frozen_weight" in state_dict:
-            self.frozen_weight = torch.empty_like(state_dict[prefix + "frozen_weight"])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def quantized_weight(self) -> torch.Tensor:
-        if self.frozen_weight is not None:
-            return self.frozen_weight
         w = self.module.weight
-        return self.weight_quantizer(w) if self.weight_quantizer is not None else w
+        if self.frozen or self.weight_quantizer is None:
+            return w
+        return self.weight_quantizer(w)
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_quantizer(x) if self.input_quantizer is not None else x

@@ -147,6 +147,27 @@ def fake_quantize_inference(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     return torch.clamp(x, low, high).mul_(inv).add_(offset).round_().sub_(offset).mul_(scale)
 
 
+@torch.no_grad()
+def fake_quantize_codes(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                        mode: str = "free", rounding: str = "half_even") -> torch.Tensor:
+    """The integer codes r (a float tensor) that :func:`fake_quantize_inference` puts on the
+    grid, computed the same way, so that ``dequantize(r) == fake_quantize_inference(x)``
+    bit for bit: ``free``/``two_bound`` r = ⌊(c − l)/Δ⌉ ∈ [0, 2^b − 1]; the others
+    r = ⌊c·(1/Δ) + z⌉ ∈ :func:`qrange` (z = 0 when symmetric)."""
+    if mode in ("free", "two_bound"):
+        low = -hi if mode == "two_bound" else lo
+        scale = (hi - low) / (2**bits - 1)
+        return _round(torch.clamp(x, low, hi).sub_(low).div_(scale), rounding)
+    scale, offset = choose_qparams(lo, hi, bits, mode)
+    r_min, r_max = qrange(bits, mode)
+    low, high = scale * (r_min - offset), scale * (r_max - offset)
+    return _round(torch.clamp(x, low, high).mul_(1.0 / scale).add_(offset), rounding)
+
+
+def _round(t: torch.Tensor, rounding: str) -> torch.Tensor:
+    return t.round_() if rounding == "half_even" else torch.sign(t) * torch.floor(t.abs() + 0.5)
+
+
 def channel_shape(x: torch.Tensor, axis: int | None) -> tuple[int, ...]:
     """Shape that broadcasts a per-channel vector along ``axis`` of ``x`` (``()`` per-tensor)."""
     if axis is None:
