@@ -18,7 +18,7 @@ from torch import nn
 from srq.errors import SrqError
 from srq.methods.config import MethodConfig
 
-_ROOT_KEYS = ("bits.", "calib.", "seed=")
+_ROOT_KEYS = ("bits.", "seed=")
 
 
 def compose_run_config(overrides: list[str]):
@@ -54,12 +54,17 @@ def config(method: str, bits: str = "fp32", overrides: list[str] | tuple = (),
            calib: str = "t91") -> MethodConfig:
     """The typed, validated config of ``method`` at ``bits`` (names of ``conf/method`` and
     ``conf/bits``); ``overrides`` are the CLI's ``method.<key>=<value>`` without the
-    ``method.`` prefix (``bits.*``, ``calib.*`` and ``seed=`` keep theirs)."""
+    ``method.`` prefix (``calib.*`` are the method's calibration settings; ``bits.*`` and
+    ``seed=`` are the run's); ``calib``: the ``calib=`` group under them."""
     args = [f"method={method}", f"bits={bits}", f"calib={calib}", "logger=none"]
     for item in overrides:
         key = item.lstrip("+~")
-        args.append(item if key.startswith(("method.", *_ROOT_KEYS)) else
-                    item[: len(item) - len(key)] + "method." + key)
+        if key.startswith("calib."):  # the method's own calibration settings (they win)
+            args.append("++method." + key)
+        elif key.startswith(("method.", *_ROOT_KEYS)):
+            args.append(item)
+        else:
+            args.append(item[: len(item) - len(key)] + "method." + key)
     from srq.cli import check_group_choices
 
     problem = check_group_choices(args[:3])

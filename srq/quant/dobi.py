@@ -22,14 +22,14 @@ TIES = ("first", "last")
 
 
 def candidate_bounds(lo: float, hi: float, candidates: int = 100, one_sided: bool = False,
-                     step: str = "half", include_last: bool = False
+                     step: str = "half", include_last: bool = False, device=None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The K (or K + 1) candidate (l_i, u_i) pairs, float64."""
+    """The K (or K + 1) candidate (l_i, u_i) pairs, float64, on ``device``."""
     if candidates < 1:
         raise ValueError("DOBI needs at least one candidate")
     if step not in STEPS:
         raise ValueError(f"unknown one-sided step {step!r}; valid: {', '.join(STEPS)}")
-    i = torch.arange(candidates + int(include_last), dtype=torch.float64)
+    i = torch.arange(candidates + int(include_last), dtype=torch.float64, device=device)
     span = hi - lo
     if one_sided:
         delta = span / (2 * candidates) if step == "half" else span / candidates
@@ -47,7 +47,7 @@ def quantization_sse(sorted_v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     s2 = torch.cat([v.new_zeros(1), (v * v).cumsum(0)])
     n_levels = 2**bits
     step = (hi - lo) / (n_levels - 1)                                   # (K,)
-    j = torch.arange(n_levels, dtype=torch.float64)
+    j = torch.arange(n_levels, dtype=torch.float64, device=v.device)
     levels = lo[:, None] + step[:, None] * j[None, :]                  # (K, L)
     edges = lo[:, None] + step[:, None] * (j[None, 1:] - 0.5)          # (K, L−1) inner edges
     idx = torch.searchsorted(v, edges.contiguous(), right=False)        # first index ≥ edge
@@ -79,8 +79,9 @@ def dobi_search(v: torch.Tensor, bits: int, candidates: int = 100, one_sided: bo
     if max_samples is not None and flat.numel() > max_samples:
         flat = flat[:: -(-flat.numel() // max_samples)]
     if hi0 <= lo0:  # constant tensor: nothing to search
-        return torch.tensor(lo0), torch.tensor(hi0), torch.tensor(0.0)
-    lo, hi = candidate_bounds(lo0, hi0, candidates, one_sided, step, include_last)
+        return (torch.tensor(lo0, device=flat.device), torch.tensor(hi0, device=flat.device),
+                torch.tensor(0.0, device=flat.device))
+    lo, hi = candidate_bounds(lo0, hi0, candidates, one_sided, step, include_last, flat.device)
     sse = quantization_sse(torch.sort(flat).values, lo, hi, bits)
     best = int(torch.argmin(sse)) if tie == "first" else len(sse) - 1 - int(torch.argmin(sse.flip(0)))
     return (lo[best].float(), hi[best].float(), (sse[best] / flat.numel()).float())

@@ -139,6 +139,8 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettSpec, axis: int = 0,
                      sensitivity: torch.Tensor | None = None) -> Palette:
     """Cluster ``weight`` into a :class:`Palette` per ``spec`` (LUTs along ``axis``)."""
     k = 2 ** spec.n_bits
+    weight = weight.detach().cpu()  # k-means on the CPU: the same clustering on every device
+    sensitivity = None if sensitivity is None else sensitivity.detach().cpu()
     channels = weight.shape[axis]
     per_group = {"per_tensor": channels, "per_channel": 1,
                  "per_grouped_channel": spec.group_size}[spec.granularity]
@@ -168,7 +170,8 @@ PALETTIZABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 def palettize(model: nn.Module, spec: PalettSpec, include: list[str] | None = None,
               exclude: list[str] | None = None,
               sensitivity: dict[str, torch.Tensor] | None = None) -> dict[str, Palette]:
-    """Palettize and finalize the selected layers in place: each weight becomes its LUT
+    """Palettize and finalize the selected layers in place (k-means runs on the CPU, the
+    palette then lives beside the weight): each weight becomes its LUT
     reconstruction (a constant), and the :class:`Palette` is kept as ``module.palette`` for
     size accounting and export. ``sensitivity``: {module name: h} for sensitive k-means."""
     import fnmatch
@@ -186,7 +189,7 @@ def palettize(model: nn.Module, spec: PalettSpec, include: list[str] | None = No
             continue
         axis = 1 if isinstance(module, nn.ConvTranspose2d) else 0
         h = None if sensitivity is None else sensitivity.get(name)
-        palette = palettize_tensor(module.weight, spec, axis, h)
+        palette = palettize_tensor(module.weight, spec, axis, h).to(module.weight.device)
         with torch.no_grad():
             module.weight.copy_(palette.weight())
         module.palette = palette

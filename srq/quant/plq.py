@@ -205,7 +205,8 @@ class PiecewiseLinearQuantizer(Quantizer):
     def set_bounds(self, la: torch.Tensor, bp: torch.Tensor, ua: torch.Tensor) -> None:
         la, bp, ua = (torch.as_tensor(v, dtype=torch.float32) for v in (la, bp, ua))
         span = float(ua - la)
-        self.eps = torch.tensor(1e-4 * span if span > 0 else 1e-4 * max(float(ua.abs()), 1.0))
+        self.eps = torch.tensor(1e-4 * span if span > 0 else 1e-4 * max(float(ua.abs()), 1.0),
+                                device=ua.device)
         for name, value in (("la", la), ("bp", bp), ("ua", ua)):
             old = getattr(self, name)
             setattr(self, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))

@@ -123,7 +123,7 @@ class UniformQuantizer(Quantizer):
             lo, hi = torch.where(flat, lo - pad, lo), torch.where(flat, hi + pad, hi)
         for name, value in (("lo", lo), ("hi", hi)):
             old = getattr(self, name)
-            if old.shape == value.shape:  # in place: optimizers holding the bound keep it
+            if old.shape == value.shape and old.device == value.device:  # in place: optimizers keep it
                 old.data.copy_(value)
             else:
                 setattr(self, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))

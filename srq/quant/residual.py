@@ -29,7 +29,7 @@ def laplacian_tokens(x: torch.Tensor) -> torch.Tensor | None:
     if side * side != n or side < 3:
         return None
     grid = x.reshape(-1, side, side, c).permute(0, 3, 1, 2)
-    kernel = _LAPLACIAN.to(x.dtype).expand(c, 1, 3, 3)
+    kernel = _LAPLACIAN.to(x).expand(c, 1, 3, 3)
     out = F.conv2d(grid, kernel, padding=1, groups=c)
     return out.permute(0, 2, 3, 1).reshape(x.shape)
 
@@ -71,7 +71,7 @@ def ridge_correction(g: torch.Tensor, r: torch.Tensor, weight: torch.Tensor,
     """(W', used_pinv): W' = W + γ·((G + λI)⁻¹ R Wᵀ)ᵀ with λ = α_damp·mean(diag G)."""
     g, r, w = g.double(), r.double(), weight.double()
     lam = alpha_damp * float(torch.diagonal(g).mean())
-    a = g + lam * torch.eye(len(g), dtype=torch.float64)
+    a = g + lam * torch.eye(len(g), dtype=torch.float64, device=g.device)
     rhs = r @ w.T
     used_pinv = not bool(torch.isfinite(a).all()) or float(torch.linalg.cond(a)) > max_cond
     delta_t = torch.linalg.pinv(a) @ rhs if used_pinv else torch.linalg.solve(a, rhs)
