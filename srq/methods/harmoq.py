@@ -235,7 +235,7 @@ def refine(fp, student, cfg: HarmoQConfig, train, val, batches, linears, blocks,
             blocks, distance="squared_per_element", layer_reduce="sum"))
     modules = dict(student.named_modules())
     ratios = None
-    if float(a.lambda_bal) > 0:
+    if float(a.lambda_bal) > 0 and linears:  # no quantized linear (a CNN): no balance term
         balance = BalanceLoss({n: modules[n] for n in linears})
         if a.balance_target == "init":
             probe = DistillationModule(fp, student, WeightedSum({"bal": (1.0, balance)}),
