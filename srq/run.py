@@ -127,6 +127,7 @@ def run(cfg: DictConfig) -> dict:
     from srq.lit.fit import Fitter
 
     validate_options(cfg)
+    resume = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     spec = get_spec(cfg.model.name)
     method_cfg = method_config(cfg, spec.scale)
@@ -147,7 +148,6 @@ def run(cfg: DictConfig) -> dict:
     config = _plain(cfg)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    resume = resume_checkpoint(cfg)
     loggers = make_loggers(cfg.logger, run_dir, run_dir.name, _sweep_group(), config)
     try:
         fitter = Fitter(trainer=lambda **kw: hydra.utils.instantiate(cfg.trainer, **kw),
@@ -158,43 +158,52 @@ def run(cfg: DictConfig) -> dict:
         artifact = None
         if quantizing:
             artifact = write_artifact(student, run_dir, cfg, method_cfg, result, data)
-        metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
-        warnings = output_warnings(student, sets, metrics)
-        if student is teacher:
-            fp_metrics = metrics
-        else:
-            fp_metrics, fp_records = _fp_reference(teacher, sets, cfg)
-            fp_by_image = {(r["set"], r["image"]): r for r in fp_records}
-            for rec in records:
-                rec["fp_psnr_y"] = fp_by_image[(rec["set"], rec["image"])]["psnr_y"]
         calibration = None
         if data is not None:
             calibration = {**data.describe(), "batch_size": method_cfg.calib.batch_size,
                            **(result.info.get("calibration") or {})}
         size = artifact["payload_mb"] if artifact else fp32_size_mb(teacher)
-        results = {
+        results = evaluate_and_write(cfg, run_dir, student, teacher, sets, loggers, {
             "model": spec.name, "scale": spec.scale, "method": cfg.method.name,
             "bits": cfg.bits.name, "data": cfg.data.name,
-            "metrics": metrics, "fp_metrics": fp_metrics,
-            "time_s": {**result.time_s, "evaluate": round(t_eval, 3)},
+            "time_s": dict(result.time_s),
             "model_size_mb": {"fp32": round(fp32_size_mb(teacher), 4), "quantized": round(size, 4)},
             "params": count_params(teacher),
             "quantization_map": result.info.get("quantization_map", {}),
             "calibration": calibration,
             "finetune": result.info.get("finetune"),
-            "artifact": artifact,
-            "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
-                     "limit_images": cfg.eval.get("limit_images")},
-            "device": str(next(student.parameters()).device),
-            "warnings": warnings,
-            "config": config, "git_commit": git_commit(), "seed": cfg.seed,
-        }
-        write_csv_atomic(run_dir / "per_image.csv", records)
-        write_json_atomic(run_dir / RESULTS, results)
-        _log_tables(loggers, metrics, records, results["quantization_map"])
+            "artifact": artifact})
     finally:
         finish_wandb()
-    _log_metrics(spec.name, metrics, run_dir)
+    _log_metrics(spec.name, results["metrics"], run_dir)
+    return results
+
+
+def evaluate_and_write(cfg: DictConfig, run_dir: Path, student, teacher, sets, loggers,
+                       fields: dict) -> dict:
+    """Evaluate ``student`` (and, once per process, the FP ``teacher``) on ``sets``; write
+    per_image.csv and results.json (``fields`` plus metrics and the run's common keys)."""
+    metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
+    warnings = output_warnings(student, sets, metrics)
+    if student is teacher:
+        fp_metrics = metrics
+    else:
+        fp_metrics, fp_records = _fp_reference(teacher, sets, cfg)
+        fp_by_image = {(r["set"], r["image"]): r for r in fp_records}
+        for rec in records:
+            rec["fp_psnr_y"] = fp_by_image[(rec["set"], rec["image"])]["psnr_y"]
+    head = ("model", "scale", "method", "bits", "data")
+    results = {**{k: fields[k] for k in head}, "metrics": metrics, "fp_metrics": fp_metrics,
+               **{k: v for k, v in fields.items() if k not in head}}
+    results["time_s"] = {**fields["time_s"], "evaluate": round(t_eval, 3)}
+    results.update({
+        "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
+                 "limit_images": cfg.eval.get("limit_images")},
+        "device": str(next(student.parameters()).device), "warnings": warnings,
+        "config": _plain(cfg), "git_commit": git_commit(), "seed": cfg.seed})
+    write_csv_atomic(run_dir / "per_image.csv", records)
+    write_json_atomic(run_dir / RESULTS, results)
+    _log_tables(loggers, metrics, records, results["quantization_map"])
     return results
 
 
@@ -218,7 +227,7 @@ def write_artifact(student, run_dir: Path, cfg: DictConfig, method_cfg: MethodCo
     header = save(student, path, {"name": cfg.method.name, "bits": cfg.bits.name,
                                   "config": method_cfg.to_dict(), "info": info})
     log.info("quantized model: %s", path)
-    return {"path": str(path), "file_mb": round(path.stat().st_size / 1e6, 4),
+    return {"path": str(path.resolve()), "file_mb": round(path.stat().st_size / 1e6, 4),
             "payload_mb": header["payload_bytes"] / 1e6, "format_version": header["format_version"]}
 
 
@@ -228,7 +237,7 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
     from srq.artifact import load, read
 
     validate_options(cfg)
-    path = Path(str(cfg.quantized)).expanduser()
+    path = Path(str(cfg.quantized)).expanduser().resolve()
     header, _ = read(path, tensors=False)
     name = header["model"].get("name")
     if not name:
@@ -244,39 +253,24 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     loggers = make_loggers(cfg.logger, run_dir, run_dir.name, _sweep_group(), config)
     try:
-        metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
-        warnings = output_warnings(student, sets, metrics)
         teacher = build_model(name, pretrained=True)
-        fp_metrics, fp_records = _fp_reference(teacher, sets, cfg)
-        fp_by_image = {(r["set"], r["image"]): r for r in fp_records}
-        for rec in records:
-            rec["fp_psnr_y"] = fp_by_image[(rec["set"], rec["image"])]["psnr_y"]
         info = header.get("info") or {}
-        results = {
+        artifact = {"path": str(path), "file_mb": round(path.stat().st_size / 1e6, 4),
+                    "payload_mb": header["payload_bytes"] / 1e6,
+                    "format_version": header["format_version"]}
+        results = evaluate_and_write(cfg, run_dir, student, teacher, sets, loggers, {
             "model": name, "scale": spec.scale, "method": header.get("method"),
             "bits": header.get("bits"), "data": cfg.data.name,
-            "metrics": metrics, "fp_metrics": fp_metrics,
-            "time_s": {"calibrate": 0.0, "finetune": 0.0, "evaluate": round(t_eval, 3)},
+            "time_s": {"calibrate": 0.0, "finetune": 0.0},
             "model_size_mb": {"fp32": round(fp32_size_mb(teacher), 4),
                               "quantized": round(header["payload_bytes"] / 1e6, 4)},
             "params": count_params(teacher),
             "quantization_map": quantization_map(student),
             "calibration": info.get("calibration"), "finetune": info.get("finetune"),
-            "artifact": {"path": str(path), "file_mb": round(path.stat().st_size / 1e6, 4),
-                         "payload_mb": header["payload_bytes"] / 1e6,
-                         "format_version": header["format_version"]},
-            "quantized_from": str(path),
-            "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
-                     "limit_images": cfg.eval.get("limit_images")},
-            "device": str(next(student.parameters()).device), "warnings": warnings,
-            "config": config, "git_commit": git_commit(), "seed": cfg.seed,
-        }
-        write_csv_atomic(run_dir / "per_image.csv", records)
-        write_json_atomic(run_dir / RESULTS, results)
-        _log_tables(loggers, metrics, records, results["quantization_map"])
+            "artifact": artifact, "quantized_from": str(path)})
     finally:
         finish_wandb()
-    _log_metrics(name, metrics, run_dir)
+    _log_metrics(name, results["metrics"], run_dir)
     return results
 
 

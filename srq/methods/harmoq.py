@@ -27,7 +27,6 @@ import lightning as L
 import torch
 from tqdm.auto import tqdm
 
-from srq.errors import SrqError
 from srq.lit.distill import LR_SCHEDULES, DistillationModule
 from srq.lit.fit import Fitter
 from srq.lit.losses import BalanceLoss, NormalizedFeatureLoss, OutputL1, WeightedSum

@@ -14,7 +14,7 @@ from torch import nn
 from srq.data import store
 from srq.errors import SrqError
 from srq.models.legacy import load_module_pickle
-from srq.models.spec import MODELS, Checkpoint, ModelSpec, register
+from srq.models.spec import MODELS, Checkpoint, ModelSpec, register  # noqa: F401 (re-exported)
 from srq.models.wrapper import SRNet
 
 log = logging.getLogger(__name__)
