@@ -200,6 +200,8 @@ def evaluate_and_write(cfg: DictConfig, run_dir: Path, student, teacher, sets, l
         "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
                  "limit_images": cfg.eval.get("limit_images")},
         "device": str(next(student.parameters()).device), "warnings": warnings,
+        # fine-tuned results depend on the intra-op thread count (reduction order), see RESULTS §9
+        "torch_threads": torch.get_num_threads(),
         "config": _plain(cfg), "git_commit": git_commit(), "seed": cfg.seed})
     write_csv_atomic(run_dir / "per_image.csv", records)
     write_json_atomic(run_dir / RESULTS, results)
@@ -222,6 +224,7 @@ def write_artifact(student, run_dir: Path, cfg: DictConfig, method_cfg: MethodCo
     path = run_dir / f"{cfg.model.name}_{cfg.method.name}_{cfg.bits.name}.srq"
     info = {k: v for k, v in result.info.items() if k != "quantization_map"}
     info["time_s"] = result.time_s
+    info["torch_threads"] = torch.get_num_threads()
     if data is not None:
         info["calibration"] = {**data.describe(), **(info.get("calibration") or {})}
     header = save(student, path, {"name": cfg.method.name, "bits": cfg.bits.name,
