@@ -71,3 +71,23 @@ def test_quant_ratios_reproduce_2dquant_swinir_light(tmp_path):
     speedups = [r["speedup"] for r in rows]
     assert 1 < speedups[0] < speedups[1] < speedups[2] < rows[0]["macs"] / (rows[0]["macs"] - rows[0]["quantized_macs"])
     assert out.with_suffix(".md").read_text().count("| swinir_s_x4 |") == 3
+
+
+def test_gpu_smoke_script_checks_pass_on_the_cpu(tmp_path, data_dir):
+    """The CUDA smoke script's checks (on the device, finite, reload identical), here on the CPU
+    for two methods; without CUDA its default device is refused with one line."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_smoke.py"
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--models", "imdn_x4",
+                           "--methods", "minmax", "dobi", "--out", str(out)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["ok"], r["reload_identical"]) for r in rows] == [
+        ("minmax", True, True), ("dobi", True, True)]
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and "no CUDA device" in proc.stdout
