@@ -23,12 +23,11 @@ import torch
 from hydra import compose, initialize_config_module
 
 from srq.api import method_config
-from srq.methods.common import as_batches, calibrate, samples
+from srq.methods.common import as_batches, calibrated_copy, samples
 from srq.methods.dobi import dobi_calibrated
 from srq.methods.dqc import dqc_module
 from srq.methods.outlier import OutlierConfig, outlier_spec, saft_module
 from srq.models.zoo import build_model, get_spec
-from srq.quant import quantize
 from srq.results import write_bench_report
 from srq.run import draw_calibration
 
@@ -62,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         batches = as_batches(data.calib, method.calib.batch_size)
         train = samples(data.calib)
         if isinstance(method, OutlierConfig):
-            student = copy.deepcopy(teacher)
-            quantize(student, outlier_spec(method, method.bits), example_input=batches[0][:1])
-            calibrate(student, batches)
+            student, _ = calibrated_copy(teacher, outlier_spec(method, method.bits), data.calib,
+                                         method.calib.batch_size)
             module = saft_module(teacher, student, method, batches, spec.scale)
         else:  # DOBI + DQC
             student, _, _ = dobi_calibrated(teacher, method, batches)

@@ -3,6 +3,7 @@ caller hands in, one calibration pass, and a model's scale."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -77,6 +78,18 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
         raise SrqError(f"calibration failed: {exc}") from exc
 
 
+def calibrated_copy(model: nn.Module, spec, calib, batch_size, include=("*",), exclude=()):
+    """(a deep copy of ``model`` quantized by ``spec`` over the ``include``/``exclude`` globs and
+    calibrated on ``calib``, the calibration batches on the model's device)."""
+    from srq.quant import quantize
+
+    batches = as_batches(calib, batch_size, device_of(model))
+    student = copy.deepcopy(model)
+    quantize(student, spec, include=list(include), exclude=list(exclude), example_input=batches[0][:1])
+    calibrate(student, batches)
+    return student, batches
+
+
 @torch.no_grad()
 def model_scale(model: nn.Module, example: torch.Tensor) -> int:
     """The SR factor: ``model.scale`` when the model says it, else output width / input width."""
@@ -95,5 +108,5 @@ def summary(model: nn.Module) -> dict:
     return {"size_mb": quantized_size_mb(model), "quantization_map": quantization_map(model)}
 
 
-__all__ = ["QuantResult", "as_batches", "calibrate", "device_of", "model_scale", "samples",
+__all__ = ["QuantResult", "as_batches", "calibrate", "calibrated_copy", "device_of", "model_scale", "samples",
            "summary"]

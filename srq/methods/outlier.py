@@ -13,7 +13,6 @@ quantizer), ``finetune.enabled: false`` (PLQ only), ``finetune.loss: vft`` (L_re
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import time
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ from srq.lit.losses import (
     feature_std,
     sensitivity_weights,
 )
-from srq.methods.common import QuantResult, as_batches, calibrate, device_of, model_scale, samples, summary
+from srq.methods.common import QuantResult, calibrated_copy, model_scale, samples, summary
 from srq.methods.config import Bits, Config, MethodConfig, choice
-from srq.quant import QuantFormat, QuantSpec, freeze, quantize, wrapped_modules
+from srq.methods.uniform import TensorSettings
+from srq.quant import QuantFormat, QuantSpec, freeze, wrapped_modules
 from srq.quant.api import LAYER_POLICIES
 from srq.quant.modules import QuantModule
 from srq.quant.plq import BP_STATS, DENSE_GRIDS, PiecewiseLinearQuantizer, PLQFormat
@@ -48,13 +48,6 @@ class PLQSettings(Config):
     def validate(self):
         choice(self.dense_grid, DENSE_GRIDS, "plq.dense_grid")
         choice(self.bp_stat, BP_STATS, "plq.bp_stat")
-
-
-@dataclass(frozen=True)
-class WeightSettings(Config):
-    mode: str = "narrow"
-    per_channel: bool = True
-    observer: str = "minmax"
 
 
 @dataclass(frozen=True)
@@ -91,7 +84,7 @@ class OutlierConfig(MethodConfig):
     name: str = "plq_saft"
     quantizer: str = "plq"
     plq: PLQSettings = PLQSettings()
-    weight: WeightSettings = WeightSettings()
+    weight: TensorSettings = TensorSettings(mode="narrow", per_channel=True)
     act_beta: float = 0.9
     layer_policy: str = "first_last_8bit"
     edge_bits: int = 8
@@ -134,11 +127,8 @@ def outlier_ptq(model, cfg: OutlierConfig, calib, *, val=None, teacher=None, fit
     spec = outlier_spec(cfg, cfg.bits)
     teacher = teacher or model
     start = time.perf_counter()
-    batches = as_batches(calib, cfg.calib.batch_size, device_of(model))
-    student = copy.deepcopy(model)
-    quantize(student, spec, include=list(cfg.include), exclude=list(cfg.exclude),
-             example_input=batches[0][:1])
-    calibrate(student, batches)
+    student, batches = calibrated_copy(model, spec, calib, cfg.calib.batch_size, cfg.include,
+                                       cfg.exclude)
     t_calib = time.perf_counter() - start
     info = {}
     t_ft = 0.0

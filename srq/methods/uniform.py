@@ -6,14 +6,13 @@ The observer choice is the only difference between these baselines.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 
 from srq.errors import SrqError
-from srq.methods.common import QuantResult, as_batches, calibrate, device_of, summary
+from srq.methods.common import QuantResult, calibrated_copy, summary
 from srq.methods.config import Bits, Config, MethodConfig, choice
-from srq.quant import QuantFormat, QuantSpec, freeze, quantize
+from srq.quant import QuantFormat, QuantSpec, freeze
 from srq.quant.api import LAYER_POLICIES
 from srq.quant.observers import OBSERVERS
 from srq.quant.primitives import MODES
@@ -73,11 +72,7 @@ def uniform_ptq(model, cfg: UniformConfig, calib, **_) -> QuantResult:
                        "not do; use method=coreai")
     spec = uniform_spec(cfg, cfg.bits)
     start = time.perf_counter()
-    batches = as_batches(calib, cfg.calib.batch_size, device_of(model))
-    student = copy.deepcopy(model)
-    quantize(student, spec, include=list(cfg.include), exclude=list(cfg.exclude),
-             example_input=batches[0][:1])
-    calibrate(student, batches)
+    student, _ = calibrated_copy(model, spec, calib, cfg.calib.batch_size, cfg.include, cfg.exclude)
     freeze(student)
     return QuantResult(student, {"calibrate": round(time.perf_counter() - start, 3), "finetune": 0.0},
                        summary(student))
