@@ -133,3 +133,25 @@ def test_tiling_of_a_real_model_is_close(data_dir):
         whole_tile = tiled_forward(model, x, 4, tile=512, overlap=16)
     assert torch.equal(whole_tile, full)
     assert (tiled - full).abs().mean() < 2e-3
+
+
+def test_validation_patches_come_from_images_without_a_training_patch(data_dir):
+    """Held-out validation: its source images (by pixel hash) gave no calibration or training
+    patch; when every usable image did, the run says so (val_disjoint false)."""
+    from srq.data.calibration import CalibrationConfig, calibration_data
+    from srq.data.images import pixel_hash
+
+    def hashes(patches):
+        return {pixel_hash(patches.images[i]) for i in set(patches.sources)}
+
+    data = calibration_data(CalibrationConfig(source="t91", num_patches=6, patch_size=32, seed=0), 4,
+                            val_patches=8, train_patches=6)
+    info = data.describe()
+    assert info["val_disjoint"] is True and info["val_source_images"] >= 2
+    assert not hashes(data.val) & (hashes(data.calib) | hashes(data.train))
+    # the calibration draw is the one made without validation (same seed, same patches)
+    alone = calibration_data(CalibrationConfig(source="t91", num_patches=6, patch_size=32, seed=0), 4)
+    assert all(torch.equal(a, b) for a, b in zip(alone.calib.items, data.calib.items))
+    full = calibration_data(CalibrationConfig(source="t91", num_patches=32, patch_size=64, seed=0), 4,
+                            val_patches=8, train_patches=128)  # 2DQuant's draw: all 19 images used
+    assert full.describe()["val_disjoint"] is False

@@ -60,8 +60,11 @@ class CalibrationPatches(Dataset):
     ``benchmark``: whole LR images (sizes differ; ``patches`` is then unavailable).
     """
 
-    def __init__(self, cfg: CalibrationConfig, scale: int):
+    def __init__(self, cfg: CalibrationConfig, scale: int, exclude: frozenset[int] = frozenset()):
+        """``exclude``: indices of source images not to draw from (those that gave other
+        patches); when every usable image is excluded all are used and ``disjoint`` is False."""
         self.cfg, self.scale = cfg, scale
+        self.disjoint = True
         self.items: list[torch.Tensor] = []
         self.hr: list[torch.Tensor] = []
         self.sources: list[int] = []     # per patch: index of its image in ``images``
@@ -72,12 +75,13 @@ class CalibrationPatches(Dataset):
 
             pairs = benchmark_set(cfg.set_name, scale)
             self.images_are_hr = False
-            for i in range(min(cfg.num_patches, len(pairs))):
+            order = self._candidates(len(pairs), exclude)
+            for i in order[: cfg.num_patches]:
                 _, lr, hr = pairs[i]
                 self.items.append(to_float(lr))
                 self.hr.append(to_float(hr))
                 self.images.append(lr)
-                self.sources.append(i)
+                self.sources.append(len(self.images) - 1)
             self.usable_images = len(pairs)
             return
         if cfg.source == "t91":
@@ -99,8 +103,9 @@ class CalibrationPatches(Dataset):
             raise SrqError(f"no calibration image is at least {crop}x{crop} pixels; lower "
                            "calib.patch_size or use another calib.source")
         gen = torch.Generator().manual_seed(cfg.seed)
+        candidates = self._candidates(len(usable), exclude)
         for _ in range(cfg.num_patches):
-            index = int(torch.randint(len(usable), (1,), generator=gen))
+            index = candidates[int(torch.randint(len(candidates), (1,), generator=gen))]
             self.sources.append(index)
             img = usable[index]
             h, w = img.shape[-2:]
@@ -112,6 +117,13 @@ class CalibrationPatches(Dataset):
                 patch = imresize(patch, 1.0 / scale).clamp(0, 1)
                 patch = (patch * 255).round() / 255  # LR images are stored as uint8
             self.items.append(patch)
+
+    def _candidates(self, n: int, exclude: frozenset[int]) -> list[int]:
+        keep = [i for i in range(n) if i not in exclude]
+        if not keep:
+            self.disjoint = False
+            return list(range(n))
+        return keep
 
     def describe(self) -> dict:
         """What results.json's ``calibration`` records about these patches."""
@@ -157,6 +169,10 @@ class CalibrationData:
     def describe(self) -> dict:
         info = self.calib.describe()
         info["val_patches"] = 0 if self.val is None else len(self.val)
+        if self.val is not None:
+            info["val_source_images"] = len(set(self.val.sources))
+            # True: no validation patch comes from an image that gave a calibration/training patch
+            info["val_disjoint"] = self.val.disjoint
         if self.train is not None:
             info["train"] = self.train.describe()
         return info
@@ -167,14 +183,23 @@ class CalibrationData:
 
 def calibration_data(cfg: CalibrationConfig, scale: int, val_patches: int = 0,
                      train_patches: int | None = None) -> CalibrationData:
-    """The patches a run needs, drawn once: ``cfg`` for calibration, ``val_patches`` more with
-    seed + 1, ``train_patches`` more with seed + 2 (same source and patch size)."""
+    """The patches a run needs, drawn once: ``cfg`` for calibration, ``train_patches`` more
+    with seed + 2 and ``val_patches`` with seed + 1 (same source and patch size), the latter
+    from images that gave no calibration or training patch when any are left."""
     calib = CalibrationPatches(cfg, scale)
-    val = (CalibrationPatches(dataclasses.replace(cfg, num_patches=int(val_patches), seed=cfg.seed + 1),
-                              scale) if val_patches else None)
     train = (CalibrationPatches(dataclasses.replace(cfg, num_patches=int(train_patches),
                                                     seed=cfg.seed + 2), scale)
              if train_patches else None)
+    used = frozenset(calib.sources) | frozenset(train.sources if train is not None else ())
+    val = (CalibrationPatches(dataclasses.replace(cfg, num_patches=int(val_patches), seed=cfg.seed + 1),
+                              scale, exclude=used) if val_patches else None)
+    if val is not None and not val.disjoint:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "every usable %s image gave a calibration or training patch: the %d validation "
+            "patches come from those images too (val_disjoint: false); use more or larger "
+            "calibration images for a held-out validation", cfg.source, len(val))
     return CalibrationData(calib, val, train)
 
 
