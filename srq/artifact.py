@@ -140,6 +140,7 @@ def read(path: str | Path, tensors: bool = True) -> tuple[dict, dict[str, torch.
 def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """The frozen quantized model in ``path``: rebuilt from the zoo when it was saved from a
     zoo model, else loaded into ``model`` (a fresh, unquantized instance of its class)."""
+    from srq.quant import wrapped_modules
     from srq.quant.serialize import restore_quantized
 
     header, tensors = read(path)
@@ -151,7 +152,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         from srq.models.zoo import build_model
 
         model = build_model(identity["name"], pretrained=False)
-    elif any(True for _ in _wrapped(model)):
+    elif next(wrapped_modules(model), None) is not None:
         raise SrqError("srq.load needs an unquantized model instance; this one is already quantized")
     try:
         restore_quantized(model, header["quantization_map"], header.get("palettes", {}), tensors)
@@ -162,12 +163,6 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     model.srq_checkpoint_sha256 = identity.get("fp_checkpoint_sha256")
     model.srq_method = {k: header.get(k) for k in ("method", "bits", "config", "info")}
     return model.eval()
-
-
-def _wrapped(model):
-    from srq.quant import wrapped_modules
-
-    return wrapped_modules(model)
 
 
 __all__ = ["FORMAT_VERSION", "load", "read", "save"]

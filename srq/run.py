@@ -280,7 +280,7 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
 def check_disjoint(calibration_sets, test_sets) -> None:
     """Calibration, fine-tuning and validation images never overlap an evaluated test set:
     compared by the sha256 of their decoded pixels (LR with LR, HR with HR), not by name."""
-    from srq.data.images import pixel_hash, read_image
+    from srq.data.images import file_pixel_hash, pixel_hash
 
     calib_hashes = {}
     for patches in calibration_sets:
@@ -291,7 +291,7 @@ def check_disjoint(calibration_sets, test_sets) -> None:
             for path in (pair.hr, pair.lr):
                 if path is None:
                     continue
-                found = calib_hashes.get(pixel_hash(read_image(path)))
+                found = calib_hashes.get(file_pixel_hash(str(path), Path(path).stat().st_mtime_ns))
                 if found:
                     raise SrqError(
                         f"calibration data overlaps the test set: {found} has the same pixels as "

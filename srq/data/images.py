@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,13 @@ def pixel_hash(img: torch.Tensor) -> str:
     h = hashlib.sha256(str(tuple(t.shape)).encode())
     h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def file_pixel_hash(path: str, mtime_ns: int) -> str:
+    """:func:`pixel_hash` of an image file, cached per (path, modification time): a sweep
+    checks the same test images in every job."""
+    return pixel_hash(read_image(path))
 
 
 def list_images(folder: str | Path) -> list[Path]:

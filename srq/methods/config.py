@@ -2,8 +2,9 @@
 validate themselves (an unknown key or a wrong type is one clear error, before any work).
 
 Every method config has ``name``, ``bits`` (:class:`Bits`) and ``calib``
-(:class:`CalibSettings`); nested sections are dataclasses too. :func:`build` turns a plain
-mapping into a config, the way ``hydra.utils.instantiate`` does with ``_convert_: all``.
+(:class:`CalibSettings`); nested sections are dataclasses too. :func:`build_method_config`
+turns a ``method=`` group into its config (as ``hydra.utils.instantiate(..., _convert_="all")``
+does, with errors that name the key and the valid ones).
 """
 
 from __future__ import annotations

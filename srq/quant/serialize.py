@@ -15,6 +15,7 @@ statistics (observer buffers) are not kept: a frozen model does not calibrate ag
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -209,7 +210,7 @@ def restore_quantized(model: nn.Module, qmap: dict, palettes: dict,
             q = getattr(wrapper, slot, None)
             for p in _param_names(q) if q is not None else ():
                 shape = _bound_shape(slot, entry, q.fmt)
-                n = max(1, int(torch.tensor(shape).prod()) if shape else 1)
+                n = math.prod(shape)
                 if flat is None or at + n > flat.numel():
                     raise ValueError(f"the quantizer parameters of {name} are missing or short")
                 state[f"{name}.{slot}.{p}"] = flat[at:at + n].reshape(shape)
