@@ -17,6 +17,7 @@ from srq.methods import FPConfig, method_function
 from srq.methods.config import MethodConfig
 from srq.models.zoo import build_model, count_params, get_spec
 from srq.quant import quantization_map
+from srq.quant.integer import integer_report
 from srq.quant.size import fp32_size_mb
 from srq.results import (
     git_commit,
@@ -63,6 +64,12 @@ def validate_options(cfg: DictConfig) -> None:
     limit = cfg.eval.get("limit_images")
     if limit is not None and int(limit) < 1:
         raise SrqError(f"eval.limit_images={limit} evaluates nothing; use a positive number or null")
+    export = cfg.get("export")
+    if export not in (None, "onnx"):
+        raise SrqError(f"export={export} is not a deployment format; use export=onnx or leave it unset")
+    if export and cfg.get("quantized") is None and str(cfg.method.name) == "fp":
+        raise SrqError("export=onnx exports a quantized model; pick a method (e.g. method=mse "
+                       "bits=w8a8) or quantized=<file.srq>")
 
 
 def _plain(node):
@@ -172,7 +179,9 @@ def run(cfg: DictConfig) -> dict:
             "quantization_map": result.info.get("quantization_map", {}),
             "calibration": calibration,
             "finetune": result.info.get("finetune"),
-            "artifact": artifact})
+            "artifact": artifact, "deployable": integer_report(student)["deployable"]})
+        if cfg.get("export"):
+            results = export_and_evaluate(cfg, run_dir, student, sets, results)
     finally:
         finish_wandb()
     _log_metrics(spec.name, results["metrics"], run_dir)
@@ -270,10 +279,69 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
             "params": count_params(teacher),
             "quantization_map": quantization_map(student),
             "calibration": info.get("calibration"), "finetune": info.get("finetune"),
-            "artifact": artifact, "quantized_from": str(path)})
+            "artifact": artifact, "quantized_from": str(path),
+            "deployable": integer_report(student)["deployable"]})
+        if cfg.get("export"):
+            results = export_and_evaluate(cfg, run_dir, student, sets, results)
     finally:
         finish_wandb()
     _log_metrics(name, results["metrics"], run_dir)
+    return results
+
+
+def export_and_evaluate(cfg: DictConfig, run_dir: Path, student, sets, results: dict) -> dict:
+    """``export=onnx``: ``<run dir>/model.onnx`` from the frozen ``student``, evaluated through
+    ONNX Runtime by the same evaluator; results.json gains ``export.onnx``. Non-integer offsets
+    (free / two_bound) are moved to the nearest integer grid first and that model's fake-quant
+    metrics are recorded too; formats with no integer grid stop with one line (results.json
+    and the artifact stay)."""
+    import copy
+    import time
+
+    from srq.deploy import OrtModel, export_onnx
+    from srq.quant.integer import to_integer_formats
+
+    report = integer_report(student)
+    if report["blocked"]:
+        name, why = next(iter(report["blocked"].items()))
+        saved = (results.get("artifact") or {}).get("path") or results.get("quantized_from")
+        raise SrqError(f"export=onnx: {len(report['blocked'])} quantizer(s) have no integer-grid "
+                       f"equivalent, e.g. {name}: {why}; export a uniform-format method instead "
+                       f"(method=mse/minmax/percentile/coreai/2dquant/dobi) — this run's results and "
+                       f"quantized model are kept ({saved})")
+    start = time.perf_counter()
+    model, converted = student, None
+    if report["convertible"]:
+        model = copy.deepcopy(student)
+        names = to_integer_formats(model)
+        conv_metrics, _, _ = evaluate(model, sets, cfg, loggers=None)
+        converted = {"quantizers": len(names), "to": "integer (zero point ⌊−l/Δ⌉)",
+                     "metrics_fake_quant": conv_metrics,
+                     "psnr_y_change": {s: round(conv_metrics[s]["psnr_y"] - results["metrics"][s]["psnr_y"], 4)
+                                       for s in conv_metrics}}
+        log.warning("export=onnx: %d quantizer(s) with a non-integer offset moved to the nearest "
+                    "integer grid (Set PSNR change %s)", len(names), converted["psnr_y_change"])
+    info = export_onnx(model, run_dir / "model.onnx", metadata={
+        "srq_model": results["model"], "scale": results["scale"], "srq_method": results["method"],
+        "srq_bits": results["bits"], "srq_artifact": (results.get("artifact") or {}).get("path", "")})
+    t_export = time.perf_counter() - start
+    ort_model = OrtModel(info["path"], scale=results["scale"], reference=model)
+    metrics, records, t_eval = evaluate(ort_model, sets, cfg, loggers=None)
+    reference = converted["metrics_fake_quant"] if converted else results["metrics"]
+    info.update({
+        "metrics": metrics,
+        "psnr_y_vs_fake_quant": {s: round(metrics[s]["psnr_y"] - reference[s]["psnr_y"], 4)
+                                 for s in metrics},
+        "max_abs_diff_vs_fake_quant": ort_model.max_abs_diff,
+        "converted": converted, "runtime": "onnxruntime CPUExecutionProvider",
+        "time_s": {"export": round(t_export, 3), "evaluate": round(t_eval, 3)}})
+    write_csv_atomic(run_dir / "per_image_onnx.csv", records)
+    results = {**results, "export": {"onnx": info}}
+    write_json_atomic(run_dir / RESULTS, results)
+    for set_name, m in metrics.items():
+        log.info("onnx %s: psnr_y %.3f (fake-quant %+.4f dB), max |onnx − fake-quant| %.2e",
+                 set_name, m["psnr_y"], info["psnr_y_vs_fake_quant"][set_name],
+                 ort_model.max_abs_diff)
     return results
 
 

@@ -12,6 +12,8 @@ from srq.quant.primitives import (
     choose_qparams,
     dequantize,
     fake_quantize,
+    fake_quantize_codes,
+    fake_quantize_inference,
     qrange,
     quantize,
 )
@@ -25,6 +27,49 @@ def test_int8_per_tensor_equals_torch(seed):
     scale, zp = choose_qparams(lo, hi, 8, "integer")
     ref = torch.fake_quantize_per_tensor_affine(x, scale.item(), int(zp.item()), 0, 255)
     assert torch.equal(fake_quantize(x, lo, hi, 8, "integer"), ref)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("zp", [3, 4, 0])
+def test_integer_ties_round_like_torch(bits, zp):
+    """Hand-made ties: Δ = 2⁻³ so x/Δ = k + ½ exactly; torch rounds x/Δ half-even, then adds z
+    (an odd z must not move the tie: ⌊k + ½ + z⌉ ≠ ⌊k + ½⌉ + z)."""
+    n = 2**bits - 1
+    delta = 0.125
+    lo, hi = torch.tensor(-zp * delta), torch.tensor((n - zp) * delta)
+    scale, z = choose_qparams(lo, hi, bits, "integer")
+    assert scale.item() == delta and z.item() == zp
+    halves = torch.arange(-zp, n - zp, dtype=torch.float32) + 0.5
+    x = torch.cat([halves * delta, -halves * delta, torch.tensor([-1e3, 1e3])])
+    ref = torch.fake_quantize_per_tensor_affine(x, delta, zp, 0, n)
+    assert torch.equal(fake_quantize(x, lo, hi, bits, "integer"), ref)
+    assert torch.equal(fake_quantize_inference(x.clone(), lo, hi, bits, "integer"), ref)
+    codes = fake_quantize_codes(x.clone(), lo, hi, bits, "integer")
+    assert torch.equal(codes, torch.round(x / delta).add(zp).clamp(0, n))
+    # by hand: 0.5Δ → 0 + z (half-even), 1.5Δ → 2 + z, 2.5Δ → 2 + z
+    by_hand = fake_quantize(torch.tensor([0.5, 1.5, 2.5]) * delta, lo, hi, bits, "integer")
+    assert by_hand.tolist() == [0.0, 2 * delta, 2 * delta]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_integer_per_channel_asymmetric_equals_torch(bits):
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(16, 8, 3, 3, generator=gen) + torch.randn(16, 1, 1, 1, generator=gen)
+    lo, hi = w.amin(dim=(1, 2, 3)), w.amax(dim=(1, 2, 3))
+    scale, zp = choose_qparams(lo, hi, bits, "integer")
+    ref = torch.fake_quantize_per_channel_affine(w, scale, zp.to(torch.int32), 0, 0, 2**bits - 1)
+    shape = (16, 1, 1, 1)
+    assert torch.equal(fake_quantize(w, lo.view(shape), hi.view(shape), bits, "integer"), ref)
+
+
+def test_integer_range_is_widened_to_hold_zero():
+    """A one-sided range (all positive / all negative) still has 0 on the grid, z in [0, n]."""
+    for lo, hi, zp in ((0.5, 2.0, 0), (-3.0, -1.0, 255)):
+        scale, z = choose_qparams(torch.tensor(lo), torch.tensor(hi), 8, "integer")
+        assert z.item() == zp
+        assert scale.item() == pytest.approx((max(hi, 0) - min(lo, 0)) / 255)
+        assert fake_quantize(torch.tensor(0.0), torch.tensor(lo), torch.tensor(hi), 8,
+                             "integer").item() == 0.0
 
 
 @pytest.mark.parametrize("mode,qmin,qmax", [("full", -128, 127), ("narrow", -127, 127)])

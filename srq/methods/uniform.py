@@ -38,8 +38,9 @@ class UniformConfig(MethodConfig):
 
     name: str = "minmax"
     weight: TensorSettings = TensorSettings(mode="narrow", per_channel=True)
-    act: TensorSettings = TensorSettings()
+    act: TensorSettings = TensorSettings(mode="integer")
     layer_policy: str = "first_last_8bit"
+    matmul: bool = False  # also quantize the operands of attention products (srq.MatMul)
     include: tuple = ("*",)
     exclude: tuple = ()
 
@@ -61,7 +62,7 @@ def tensor_format(part: TensorSettings, bits: int | None, weight: bool) -> Quant
 def uniform_spec(cfg: UniformConfig, bits: Bits) -> QuantSpec:
     return QuantSpec(weight=tensor_format(cfg.weight, bits.weight_bits, weight=True),
                      input=tensor_format(cfg.act, bits.act_bits, weight=False),
-                     layer_policy=cfg.layer_policy)
+                     layer_policy=cfg.layer_policy, matmul=bool(cfg.matmul))
 
 
 def uniform_ptq(model, cfg: UniformConfig, calib, **_) -> QuantResult:

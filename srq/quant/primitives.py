@@ -5,8 +5,10 @@ Notation (METHODS.md §1): ``b`` bits, ``n = 2^b − 1``, bounds ``l < u``, step
 
 * ``free`` (asymmetric Q-range, the papers'): c = clip(x, l, u), r = ⌊(c − l)/Δ⌉, x_q = l + Δ r.
   0 is in general not on the grid.
-* ``integer`` (asymmetric, integer zero point; torch's ``fake_quantize_*_affine``):
-  z = ⌊−l/Δ⌉, r = clip(⌊x/Δ⌉ + z, 0, n), x_q = (r − z) Δ.
+* ``integer`` (asymmetric, integer zero point; torch's ``fake_quantize_*_affine`` and ONNX
+  QuantizeLinear): the range is widened to hold 0 (l ← min(l, 0), u ← max(u, 0)),
+  z = clip(⌊−l/Δ⌉, 0, n), r = clip(⌊x·(1/Δ)⌉ + z, 0, n), x_q = (r − z) Δ — rounding before
+  adding z, so ties round half-even in x/Δ (not in x/Δ + z), as torch's kernels do.
 * ``two_bound`` (symmetric Q-range): ``free`` with l = −u (2^b levels, 0 not on the grid).
 * ``narrow`` (symmetric): Δ = u/(2^{b−1} − 1), r = clip(⌊x/Δ⌉, −(2^{b−1}−1), 2^{b−1}−1), x_q = Δ r.
 * ``full`` (symmetric, torchao/coreai default): Δ = u/((2^b − 1)/2),
@@ -78,8 +80,9 @@ def choose_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, mode: str
         scale = (hi - lo) / n
         return scale, -lo / scale
     if mode == "integer":
+        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
         scale = (hi - lo) / n
-        return scale, torch.round(-lo / scale)
+        return scale, torch.clamp(torch.round(-lo / scale), 0, n)
     if mode == "narrow":
         return hi / (2 ** (bits - 1) - 1), torch.zeros_like(hi)
     if mode == "full":
@@ -96,6 +99,11 @@ def quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, mod
         low = -hi if mode == "two_bound" else lo
         return round_ste((clip(x, low, hi) - low) / scale, rounding)
     return torch.clamp(round_ste(x * (1.0 / scale), rounding) + offset, r_min, r_max)
+
+
+def deployable_mode(mode: str) -> bool:
+    """Whether integer kernels run the format: x_q = Δ·(r − z) with integer z, 0 on the grid."""
+    return mode in ("integer", "narrow", "full")
 
 
 def dequantize(codes: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int, mode: str
@@ -127,8 +135,8 @@ def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int
     # clip in the real domain so the clipped elements pass their gradient to the bound
     low, high = scale * (r_min - offset), scale * (r_max - offset)
     c = clip(x, low, high)
-    # multiply by 1/Δ as torch's fake_quantize kernels do (bit-identical ties)
-    return scale * (round_ste(c * (1.0 / scale) + offset, rounding) - offset)
+    # ⌊c·(1/Δ)⌉ then + z, as torch's fake_quantize kernels do (bit-identical ties)
+    return scale * round_ste(c * (1.0 / scale), rounding)
 
 
 @torch.no_grad()
@@ -143,8 +151,7 @@ def fake_quantize_inference(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     scale, offset = choose_qparams(lo, hi, bits, mode)
     r_min, r_max = qrange(bits, mode)
     low, high = scale * (r_min - offset), scale * (r_max - offset)
-    inv = 1.0 / scale
-    return torch.clamp(x, low, high).mul_(inv).add_(offset).round_().sub_(offset).mul_(scale)
+    return torch.clamp(x, low, high).mul_(1.0 / scale).round_().mul_(scale)
 
 
 @torch.no_grad()
@@ -153,7 +160,7 @@ def fake_quantize_codes(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bit
     """The integer codes r (a float tensor) that :func:`fake_quantize_inference` puts on the
     grid, computed the same way, so that ``dequantize(r) == fake_quantize_inference(x)``
     bit for bit: ``free``/``two_bound`` r = ⌊(c − l)/Δ⌉ ∈ [0, 2^b − 1]; the others
-    r = ⌊c·(1/Δ) + z⌉ ∈ :func:`qrange` (z = 0 when symmetric)."""
+    r = ⌊c·(1/Δ)⌉ + z ∈ :func:`qrange` (z = 0 when symmetric)."""
     if mode in ("free", "two_bound"):
         low = -hi if mode == "two_bound" else lo
         scale = (hi - low) / (2**bits - 1)
@@ -161,7 +168,7 @@ def fake_quantize_codes(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bit
     scale, offset = choose_qparams(lo, hi, bits, mode)
     r_min, r_max = qrange(bits, mode)
     low, high = scale * (r_min - offset), scale * (r_max - offset)
-    return _round(torch.clamp(x, low, high).mul_(1.0 / scale).add_(offset), rounding)
+    return _round(torch.clamp(x, low, high).mul_(1.0 / scale), rounding).add_(offset)
 
 
 def _round(t: torch.Tensor, rounding: str) -> torch.Tensor:
