@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_module
 from srq.data.benchmark import benchmark_set
 from srq.deploy import OrtModel, export_onnx, session
 from srq.lit.evaluate import evaluate_sets
+from srq.methods.common import samples
 from srq.models.zoo import build_model
 from srq.quant.size import fp32_size_mb
 from srq.results import write_bench_report
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         fp = build_model(name).eval()
         _, data, result = quantize_from_config(cfg, fp)
         q = result.student.eval()
+        calib = torch.stack(samples(data.calib)).float()
         files = {"torch_fp32": None,
                  "ort_fp32": workdir / f"{name}_fp32.onnx",
                  "ort_int8_srq": workdir / f"{name}_{args.method}_{args.bits}.onnx",
@@ -105,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         export_onnx(fp, files["ort_fp32"], metadata={"scale": fp.scale})
         export_onnx(q, files["ort_int8_srq"], metadata={"scale": fp.scale})
         if "ort_int8_quantize_static" in args.runtimes:
-            quantize_static_model(files["ort_fp32"], files["ort_int8_quantize_static"],
-                                  data.calib.float())
+            quantize_static_model(files["ort_fp32"], files["ort_int8_quantize_static"], calib)
         for runtime in args.runtimes:
             path = files[runtime]
             bits = "fp32" if runtime.endswith("fp32") else (

@@ -18,7 +18,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -185,80 +184,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET, examp
             "quantize_linear": ops.count("QuantizeLinear"),
             "dequantize_linear": ops.count("DequantizeLinear"),
             "integer_weights": int_weights}
-
-
-def full_integer_onnx(fp_onnx: str | Path, out: str | Path, calib: torch.Tensor, *,
-                      observer: str = "mse", observer_args: dict | None = None,
-                      batch_size: int = 8) -> dict:
-    """ONNX Runtime's full-integer QDQ placement (``quantize_static``: every tensor its integer
-    kernels consume — conv inputs *and* outputs, activations, adds, concats — so that whole
-    chains run as QLinearConv/QLinearAdd/…) with every activation range chosen by an srq
-    observer over ``calib`` (N, 3, h, w) instead of ORT's calibrators: Δ, z from
-    :func:`choose_qparams` (``integer`` uint8 format) passed as TensorQuantOverrides. Weights:
-    ORT's per-channel symmetric int8. This graph quantizes more tensors than the fake-quant
-    model srq's methods produce, so its PSNR is measured on its own (ONNX Runtime)."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    from srq.quant.observers import build_observer
-
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp_onnx)))
-    known = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.output]}
-    initializers = {t.name for t in model.graph.initializer}
-    names = sorted({t for node in model.graph.node for t in (*node.input, *node.output)
-                    if t in known and t not in initializers and
-                    known[t].type.tensor_type.elem_type == onnx.TensorProto.FLOAT} | {INPUT})
-    probe = onnx.load(str(fp_onnx))
-    present = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in present:
-            probe.graph.output.add().name = name
-    sess = session_from_bytes(probe.SerializeToString())
-    args = {"candidates": 100, "beta": 0.9, **(observer_args or {})} if observer == "mse" else \
-        dict(observer_args or {})
-    if observer in ("mse", "dobi"):
-        args.update(bits=8, mode="integer")
-    observers = {n: build_observer(observer, axis=None, symmetric=False, **args) for n in names}
-    outputs = [o.name for o in sess.get_outputs()]
-    for i in range(0, len(calib), batch_size):
-        values = sess.run(None, {INPUT: calib[i:i + batch_size].float().numpy()})
-        for name, value in zip(outputs, values):
-            if name in observers:
-                observers[name](torch.from_numpy(value))
-    overrides = {}
-    for name, obs in observers.items():
-        lo, hi = obs.compute_bounds()
-        scale, zp = choose_qparams(lo.float(), hi.float(), 8, "integer")
-        overrides[name] = [{"scale": np.float32(scale.item()), "zero_point": np.uint8(zp.item())}]
-
-    class Reader(CalibrationDataReader):  # ORT still runs its calibrator; overrides win
-        def __init__(self):
-            self.batches = iter([{INPUT: calib[:1].float().numpy()}])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(str(fp_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8,
-                        extra_options={"TensorQuantOverrides": overrides})
-    return {"path": str(Path(out).resolve()), "tensors": len(overrides), "observer": observer}
-
-
-def session_from_bytes(data: bytes):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def session(path: str | Path, threads: int | None = None, optimize: bool = True):

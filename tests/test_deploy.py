@@ -302,3 +302,31 @@ def test_cli_export_converts_a_non_integer_format(tmp_path):
     fp = run_srq(["model=imdn_x4", "export=onnx", "logger=none", "hydra.run.dir=fp"], cwd=tmp_path)
     assert fp.returncode == 2 and "export=onnx exports a quantized model" in fp.stderr
     assert not (tmp_path / "fp").exists()
+
+
+def test_cli_export_of_a_saved_artifact(mse_run, tmp_path):
+    """`srq quantized=<file.srq> export=onnx`: the same graph quality from the artifact alone."""
+    artifact = next(mse_run.glob("*.srq"))
+    proc = run_srq([f"quantized={artifact}", "export=onnx", "data=set5", "eval.limit_images=2",
+                    "logger=none", "hydra.run.dir=again"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "again" / "results.json").read_text())
+    onnx = results["export"]["onnx"]
+    assert results["quantized_from"] == str(artifact) and results["deployable"] is True
+    assert abs(onnx["psnr_y_vs_fake_quant"]["Set5"]) < 0.05
+    assert (tmp_path / "again" / "model.onnx").stat().st_size == pytest.approx(
+        (mse_run / "model.onnx").stat().st_size, rel=0.01)
+
+
+def test_cli_export_refuses_palettized_weights_and_keeps_the_run(tmp_path):
+    """coreai bits=wp4 (k-means LUT weights): no integer grid → one line, exit 2; the run's
+    results.json and .srq stay."""
+    proc = run_srq(["model=imdn_x4", "method=coreai", "bits=wp4", "data=set5",
+                    "eval.limit_images=1", "export=onnx", "logger=none", "hydra.run.dir=run"],
+                   cwd=tmp_path)
+    assert proc.returncode == 2
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("srq: error")]
+    assert len(line) == 1 and "palettized weight" in line[0] and "no integer-grid" in line[0]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["deployable"] is False and "export" not in results
+    assert list((tmp_path / "run").glob("*.srq")) and not (tmp_path / "run" / "model.onnx").exists()

@@ -91,3 +91,24 @@ def test_gpu_smoke_script_checks_pass_on_the_cpu(tmp_path, data_dir):
         proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 2 and "no CUDA device" in proc.stdout
+
+
+def test_bench_deploy_rows_and_markdown(tmp_path, data_dir):
+    """bench_deploy writes one row per (runtime, size, threads) with the documented keys; the
+    int8 exports keep Set5 PSNR near FP and are smaller files than the FP32 export."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_deploy.py"
+    out = tmp_path / "deploy.json"
+    proc = subprocess.run([sys.executable, str(script), "--models", "imdn_x4", "--method", "minmax",
+                           "--sizes", "24", "--threads", "1", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    keys = {"model", "runtime", "bits", "lr_size", "threads", "median_ms", "psnr_y", "file_mb"}
+    assert all(set(r) == keys for r in rows)
+    by = {r["runtime"]: r for r in rows}
+    assert set(by) == {"torch_fp32", "ort_fp32", "ort_int8_srq", "ort_int8_quantize_static"}
+    assert abs(by["ort_fp32"]["psnr_y"] - by["torch_fp32"]["psnr_y"]) < 1e-3
+    for runtime in ("ort_int8_srq", "ort_int8_quantize_static"):
+        assert by["torch_fp32"]["psnr_y"] - 1.0 < by[runtime]["psnr_y"] < by["torch_fp32"]["psnr_y"]
+        assert by[runtime]["file_mb"] < 0.5 * by["ort_fp32"]["file_mb"]
+    assert "ort_int8_srq" in out.with_suffix(".md").read_text()
