@@ -330,3 +330,19 @@ def test_cli_export_refuses_palettized_weights_and_keeps_the_run(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["deployable"] is False and "export" not in results
     assert list((tmp_path / "run").glob("*.srq")) and not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_2dquant_in_integer_mode_trains_and_exports_as_is(tmp_path):
+    """`method.mode=integer`: DOBI scores its candidates on the integer grid and DQC trains the
+    bounds through it; the result is deployable, so export needs no conversion."""
+    proc = run_srq(["model=imdtn_x4", "method=2dquant", "method.mode=integer", "bits=w4a4",
+                    "method.dqc.iterations=4", "method.dqc.batch_size=2", "method.dqc.num_patches=4",
+                    "method.calib.num_patches=4", "method.calib.patch_size=32",
+                    "method.calib.val_patches=2", "data=set5", "eval.limit_images=1",
+                    "export=onnx", "logger=none", "hydra.run.dir=run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["deployable"] is True and results["export"]["onnx"]["converted"] is None
+    formats = [f for m in results["quantization_map"].values() for f in m.values() if f]
+    assert formats and all(" integer " in f for f in formats)
+    assert abs(results["export"]["onnx"]["psnr_y_vs_fake_quant"]["Set5"]) < 0.05

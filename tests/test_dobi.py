@@ -8,14 +8,17 @@ from srq.quant.observers import build_observer
 from srq.quant.primitives import fake_quantize
 
 
+@pytest.mark.parametrize("mode", ["free", "integer"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_sorted_prefix_sum_error_equals_brute_force(bits):
+def test_sorted_prefix_sum_error_equals_brute_force(bits, mode):
     torch.manual_seed(bits)
     v = torch.randn(5000, dtype=torch.float64) * 2 + 0.3
+    if mode == "integer":
+        v = v.abs() + 0.5  # all positive: the integer grid must still hold 0
     lo, hi = candidate_bounds(float(v.min()), float(v.max()), 100)
-    fast = quantization_sse(torch.sort(v).values, lo, hi, bits)
+    fast = quantization_sse(torch.sort(v).values, lo, hi, bits, integer=mode == "integer")
     for i in (0, 17, 60, 99):
-        brute = (v - fake_quantize(v, lo[i], hi[i], bits, "free")).pow(2).sum()
+        brute = (v - fake_quantize(v, lo[i], hi[i], bits, mode)).pow(2).sum()
         assert float(fast[i]) == pytest.approx(float(brute), rel=1e-9, abs=1e-9)
 
 

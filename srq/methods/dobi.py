@@ -48,10 +48,12 @@ class DOBIConfig(MethodConfig):
     ops: str = "auto"
     layer_policy: str = "first_last_8bit"
     exclude: tuple = ()
+    mode: str = "free"  # free (the paper's two bounds) | integer (deployable: 0 on the grid)
     dobi: DOBISettings = DOBISettings()
 
     def validate(self):
         choice(self.ops, OPS, "method.ops")
+        choice(self.mode, ("free", "integer"), "method.mode")
         choice(self.layer_policy, LAYER_POLICIES, "layer_policy")
 
 
@@ -75,9 +77,9 @@ def dobi_spec(cfg: DOBIConfig, bits: Bits, ops: str) -> QuantSpec:
     args = (("candidates", int(d.candidates)), ("include_last", bool(d.include_last)),
             ("step", str(d.one_sided_step)), ("tie", str(d.tie)))
     try:
-        weight = None if wbits is None else QuantFormat(int(wbits), "free", observer="dobi",
+        weight = None if wbits is None else QuantFormat(int(wbits), cfg.mode, observer="dobi",
                                                         observer_args=args)
-        act = None if abits is None else QuantFormat(int(abits), "free", observer="dobi",
+        act = None if abits is None else QuantFormat(int(abits), cfg.mode, observer="dobi",
                                                      observer_args=args)
     except ValueError as exc:
         raise SrqError(f"{exc}; pick another bits= config") from exc

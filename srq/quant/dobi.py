@@ -38,15 +38,21 @@ def candidate_bounds(lo: float, hi: float, candidates: int = 100, one_sided: boo
     return lo + i * delta, hi - i * delta
 
 
-def quantization_sse(sorted_v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int
-                     ) -> torch.Tensor:
+def quantization_sse(sorted_v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                     integer: bool = False) -> torch.Tensor:
     """Σ (v − Q(v; l, u, b))² for every candidate (l, u) (``free`` format, round half up
-    at bin edges), from the sorted values. ``lo``/``hi``: (K,) float64."""
+    at bin edges), from the sorted values. ``lo``/``hi``: (K,) float64. ``integer``: the
+    ``integer`` format's grid instead — (l, u) widened to hold 0, Δ = (u − l)/(2^b − 1), levels
+    Δ·(j − z) with z = clip(⌊−l/Δ⌉, 0, 2^b − 1), i.e. the free grid started at l = −zΔ."""
     v = sorted_v.double()
     s1 = torch.cat([v.new_zeros(1), v.cumsum(0)])
     s2 = torch.cat([v.new_zeros(1), (v * v).cumsum(0)])
     n_levels = 2**bits
-    step = (hi - lo) / (n_levels - 1)                                   # (K,)
+    if integer:
+        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+        step = (hi - lo) / (n_levels - 1)
+        lo = -torch.clamp(torch.round(-lo / step), 0, n_levels - 1) * step
+    step = (hi - lo) / (n_levels - 1) if not integer else step           # (K,)
     j = torch.arange(n_levels, dtype=torch.float64, device=v.device)
     levels = lo[:, None] + step[:, None] * j[None, :]                  # (K, L)
     edges = lo[:, None] + step[:, None] * (j[None, 1:] - 0.5)          # (K, L−1) inner edges
@@ -62,12 +68,14 @@ def quantization_sse(sorted_v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
 
 def dobi_search(v: torch.Tensor, bits: int, candidates: int = 100, one_sided: bool = False,
                 step: str = "half", include_last: bool = False, tie: str = "first",
-                max_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                max_samples: int | None = None, integer: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(l, u, mse) of the best candidate for tensor ``v`` at ``bits``.
 
     ``tie``: among equal errors keep the ``first`` (smallest i, the code's ``<``) or the
     ``last`` (the paper's ``≤``). ``max_samples``: larger tensors are searched on an evenly
-    strided subset (l₀, u₀ still from the whole tensor).
+    strided subset (l₀, u₀ still from the whole tensor). ``integer``: score the candidates
+    on the ``integer`` format's grid (0 on the grid, integer zero point).
     """
     if tie not in TIES:
         raise ValueError(f"unknown tie rule {tie!r}; valid: {', '.join(TIES)}")
@@ -82,7 +90,7 @@ def dobi_search(v: torch.Tensor, bits: int, candidates: int = 100, one_sided: bo
         return (torch.tensor(lo0, device=flat.device), torch.tensor(hi0, device=flat.device),
                 torch.tensor(0.0, device=flat.device))
     lo, hi = candidate_bounds(lo0, hi0, candidates, one_sided, step, include_last, flat.device)
-    sse = quantization_sse(torch.sort(flat).values, lo, hi, bits)
+    sse = quantization_sse(torch.sort(flat).values, lo, hi, bits, integer)
     best = int(torch.argmin(sse)) if tie == "first" else len(sse) - 1 - int(torch.argmin(sse.flip(0)))
     return (lo[best].float(), hi[best].float(), (sse[best] / flat.numel()).float())
 

@@ -182,7 +182,10 @@ class DOBIObserver(Observer):
         super().__init__(axis, symmetric, beta=None)
         if symmetric:
             raise ValueError("DOBI searches two free bounds: use mode free (Q-range)")
+        if mode not in ("free", "integer"):
+            raise ValueError(f"DOBI searches two bounds of the free or integer format, not {mode!r}")
         self.bits, self.candidates, self.one_sided = bits, candidates, one_sided
+        self.integer = mode == "integer"
         self.step, self.include_last, self.tie, self.max_samples = step, include_last, tie, max_samples
 
     @torch.no_grad()
@@ -191,7 +194,8 @@ class DOBIObserver(Observer):
 
         rows = _channel_rows(x.detach().float(), self.axis)
         found = [dobi_search(r, self.bits, self.candidates, self.one_sided, self.step,
-                             self.include_last, self.tie, self.max_samples)[:2] for r in rows]
+                             self.include_last, self.tie, self.max_samples, self.integer)[:2]
+                 for r in rows]
         shape = channel_shape(x, self.axis)
         lo = torch.stack([f[0] for f in found]).reshape(shape)
         hi = torch.stack([f[1] for f in found]).reshape(shape)
