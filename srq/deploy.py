@@ -34,6 +34,16 @@ OPSET = 17
 INPUT, OUTPUT = "lr", "sr"
 
 
+def require_onnx() -> None:
+    """One clear line when the deployment extras are missing."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SrqError(f"{' and '.join(missing)} not installed; ONNX export and inference need "
+                       "them: pip install 'srq[deploy]' (from a checkout: pip install '.[deploy]')")
+
+
 def _dtype(r_min: int) -> torch.dtype:
     return torch.int8 if r_min < 0 else torch.uint8
 
@@ -149,6 +159,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET, examp
                 metadata: dict | None = None) -> dict:
     """Write ``model`` (a frozen quantized or an FP SR net, RGB [0, 1] NCHW in, scale× out) to
     ``path`` with dynamic batch, height and width; returns what results.json records."""
+    require_onnx()
     import onnx
     import onnxruntime
 
@@ -188,6 +199,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = OPSET, examp
 
 def session(path: str | Path, threads: int | None = None, optimize: bool = True):
     """An ONNX Runtime CPU session (``optimize=False``: run the graph's ops as written)."""
+    require_onnx()
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -228,4 +240,4 @@ class OrtModel(nn.Module):
 
 
 __all__ = ["ActivationQDQ", "OPSET", "OrtModel", "WeightDQ", "export_model", "export_onnx",
-           "session"]
+           "require_onnx", "session"]

@@ -70,6 +70,10 @@ def validate_options(cfg: DictConfig) -> None:
     if export and cfg.get("quantized") is None and str(cfg.method.name) == "fp":
         raise SrqError("export=onnx exports a quantized model; pick a method (e.g. method=mse "
                        "bits=w8a8) or quantized=<file.srq>")
+    if export:
+        from srq.deploy import require_onnx
+
+        require_onnx()
 
 
 def _plain(node):
@@ -307,7 +311,8 @@ def export_and_evaluate(cfg: DictConfig, run_dir: Path, student, sets, results: 
         saved = (results.get("artifact") or {}).get("path") or results.get("quantized_from")
         raise SrqError(f"export=onnx: {len(report['blocked'])} quantizer(s) have no integer-grid "
                        f"equivalent, e.g. {name}: {why}; export a uniform-format method instead "
-                       f"(method=mse/minmax/percentile/coreai/2dquant/dobi) — this run's results and "
+                       f"(method=mse/minmax/percentile/coreai bits=w8a8, or dobi/2dquant with "
+                       f"method.mode=integer) — this run's results and "
                        f"quantized model are kept ({saved})")
     start = time.perf_counter()
     model, converted = student, None
@@ -320,7 +325,7 @@ def export_and_evaluate(cfg: DictConfig, run_dir: Path, student, sets, results: 
                      "psnr_y_change": {s: round(conv_metrics[s]["psnr_y"] - results["metrics"][s]["psnr_y"], 4)
                                        for s in conv_metrics}}
         log.warning("export=onnx: %d quantizer(s) with a non-integer offset moved to the nearest "
-                    "integer grid (Set PSNR change %s)", len(names), converted["psnr_y_change"])
+                    "integer grid (Y-PSNR change %s)", len(names), converted["psnr_y_change"])
     info = export_onnx(model, run_dir / "model.onnx", metadata={
         "srq_model": results["model"], "scale": results["scale"], "srq_method": results["method"],
         "srq_bits": results["bits"], "srq_artifact": (results.get("artifact") or {}).get("path", "")})
