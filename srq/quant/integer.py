@@ -32,8 +32,10 @@ def integer_report(model: nn.Module) -> dict:
             blocked[name] = f"{type(q).__name__} (dual-region / piecewise-linear grid)"
         elif q.fmt.bits > 8:
             blocked[name] = f"{q.fmt.bits}-bit codes (integer kernels take at most 8)"
-        elif not deployable_mode(q.fmt.mode):
+        elif q.fmt.mode in CONVERTIBLE_MODES:
             convertible.append(name)
+        elif not deployable_mode(q.fmt.mode):
+            blocked[name] = f"mode {q.fmt.mode}"
     for name, module in model.named_modules():
         if getattr(module, "palette", None) is not None:
             blocked[f"{name}.weight"] = "palettized weight (k-means LUT, no uniform grid)"
