@@ -50,9 +50,9 @@ def quantization_sse(sorted_v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     n_levels = 2**bits
     if integer:
         lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-        step = (hi - lo) / (n_levels - 1)
+    step = (hi - lo) / (n_levels - 1)                                   # (K,)
+    if integer:
         lo = -torch.clamp(torch.round(-lo / step), 0, n_levels - 1) * step
-    step = (hi - lo) / (n_levels - 1) if not integer else step           # (K,)
     j = torch.arange(n_levels, dtype=torch.float64, device=v.device)
     levels = lo[:, None] + step[:, None] * j[None, :]                  # (K, L)
     edges = lo[:, None] + step[:, None] * (j[None, 1:] - 0.5)          # (K, L−1) inner edges
