@@ -27,11 +27,16 @@ def _main(cfg: DictConfig) -> float | None:
     except BaseException:  # a bug or ^C: still leave no half-made run dir behind
         _remove_failed_run_dir(Path(cfg.paths.output_dir), RESULTS)
         raise
-    metric = cfg.get("optimized_metric")
-    if metric:
-        set_name, key = metric.split("/")
-        return results["metrics"][set_name][key]
-    return None
+    return optimized_value(results, cfg.get("optimized_metric"))
+
+
+def optimized_value(results: dict, metric: str | None) -> float | None:
+    """``optimized_metric`` (``val/<key>`` or ``<set>/<key>``) read from a run's results."""
+    if not metric:
+        return None
+    set_name, _, key = str(metric).partition("/")
+    summary = results.get("val") if set_name == "val" else results["metrics"].get(set_name)
+    return None if summary is None else float(summary[key])
 
 
 def _quiet_libraries() -> None:

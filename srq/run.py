@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from srq.data.benchmark import build_test_sets
+from srq.data.validation import VAL_SET, calibration_hashes, validation_config, validation_set
 from srq.errors import SrqError
 from srq.lit.evaluate import evaluate_sets
 from srq.loggers import finish_wandb, make_loggers
@@ -74,6 +75,45 @@ def validate_options(cfg: DictConfig) -> None:
         from srq.deploy import require_onnx
 
         require_onnx()
+    val = validation_config(cfg.get("val"))
+    metric = cfg.get("optimized_metric")
+    if metric:
+        set_name, sep, key = str(metric).partition("/")
+        if not sep or key not in ("psnr_y", "ssim_y", "psnr_rgb"):
+            raise SrqError(f"optimized_metric={metric}: use <set>/<metric> with metric psnr_y, "
+                           "ssim_y or psnr_rgb, e.g. optimized_metric=val/psnr_y")
+        if set_name == VAL_SET and not val.enabled and _sweep_group() is not None:
+            raise SrqError(f"optimized_metric={metric} needs the validation split; set "
+                           "val.source=t91 (or optimized_metric=null)")
+        if set_name != VAL_SET:
+            log.warning("optimized_metric=%s chooses on a test set; choose on val/%s (held-out "
+                        "images) so that test numbers stay unbiased", metric, key)
+
+
+def set_threads(cfg: DictConfig) -> int:
+    """torch's intra-op threads for this job: ``threads`` when set; under
+    ``hydra/launcher=joblib`` the machine's cores shared among ``n_jobs`` parallel jobs
+    (cores // n_jobs, at least 1), under submitit its ``cpus_per_task``; else torch's default."""
+    import os
+
+    n = cfg.get("threads")
+    if n is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().get("launcher") if HydraConfig.initialized() else None
+        target = str((launcher or {}).get("_target_", ""))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if "joblib" in target:
+            jobs = int(launcher.get("n_jobs") or -1)
+            jobs = cores if jobs < 0 else jobs
+            n = max(1, cores // max(1, jobs))
+        elif "submitit" in target and launcher.get("cpus_per_task"):
+            n = int(launcher.cpus_per_task)
+    if n is not None:
+        if int(n) < 1:
+            raise SrqError(f"threads={n}: use a positive thread count, or threads=null for the default")
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
 
 
 def _plain(node):
@@ -138,6 +178,7 @@ def run(cfg: DictConfig) -> dict:
     from srq.lit.fit import Fitter
 
     validate_options(cfg)
+    set_threads(cfg)
     resume = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     spec = get_spec(cfg.model.name)
@@ -155,7 +196,9 @@ def run(cfg: DictConfig) -> dict:
     if quantizing:
         method_cfg.require_bits("e.g. bits=w8a8")
         data = draw_calibration(method_cfg, spec.scale)
-        check_disjoint(data.all_sets(), sets)
+        check_disjoint(_patch_sources(data.all_sets()), sets)
+    patch = (method_cfg.calib if quantizing else cfg.calib).patch_size
+    val = held_out_validation(cfg, spec.scale, int(patch) * spec.scale, calibration_hashes(data), sets)
     config = _plain(cfg)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -174,7 +217,7 @@ def run(cfg: DictConfig) -> dict:
             calibration = {**data.describe(), "batch_size": method_cfg.calib.batch_size,
                            **(result.info.get("calibration") or {})}
         size = artifact["payload_mb"] if artifact else fp32_size_mb(teacher)
-        results = evaluate_and_write(cfg, run_dir, student, teacher, sets, loggers, {
+        results = evaluate_and_write(cfg, run_dir, student, teacher, sets, val, loggers, {
             "model": spec.name, "scale": spec.scale, "method": cfg.method.name,
             "bits": cfg.bits.name, "data": cfg.data.name,
             "time_s": dict(result.time_s),
@@ -192,22 +235,32 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-def evaluate_and_write(cfg: DictConfig, run_dir: Path, student, teacher, sets, loggers,
+def evaluate_and_write(cfg: DictConfig, run_dir: Path, student, teacher, sets, val, loggers,
                        fields: dict) -> dict:
-    """Evaluate ``student`` (and, once per process, the FP ``teacher``) on ``sets``; write
-    per_image.csv and results.json (``fields`` plus metrics and the run's common keys)."""
-    metrics, records, t_eval = evaluate(student, sets, cfg, loggers)
+    """Evaluate ``student`` (and, once per process, the FP ``teacher``) on ``sets`` and the
+    validation split ``val`` (or None); write per_image.csv (test sets), per_image_val.csv
+    and results.json (``fields`` plus metrics, ``val`` and the run's common keys)."""
+    every = list(sets) + ([val] if val is not None else [])
+    metrics, records, t_eval = evaluate(student, every, cfg, loggers)
     warnings = output_warnings(student, sets, metrics)
     if student is teacher:
-        fp_metrics = metrics
+        fp_metrics, fp_records = metrics, records
     else:
-        fp_metrics, fp_records = _fp_reference(teacher, sets, cfg)
+        fp_metrics, fp_records = _fp_reference(teacher, every, cfg)
         fp_by_image = {(r["set"], r["image"]): r for r in fp_records}
         for rec in records:
             rec["fp_psnr_y"] = fp_by_image[(rec["set"], rec["image"])]["psnr_y"]
+    val_summary = None
+    if val is not None:
+        metrics, fp_metrics = dict(metrics), dict(fp_metrics)
+        val_summary = {**metrics.pop(VAL_SET), "source": cfg.val.source,
+                       "images": [p.name for p in val.pairs],
+                       "fp": {k: v for k, v in fp_metrics.pop(VAL_SET).items() if k != "n_images"}}
+        write_csv_atomic(run_dir / "per_image_val.csv", [r for r in records if r["set"] == VAL_SET])
+        records = [r for r in records if r["set"] != VAL_SET]
     head = ("model", "scale", "method", "bits", "data")
     results = {**{k: fields[k] for k in head}, "metrics": metrics, "fp_metrics": fp_metrics,
-               **{k: v for k, v in fields.items() if k not in head}}
+               "val": val_summary, **{k: v for k, v in fields.items() if k not in head}}
     results["time_s"] = {**fields["time_s"], "evaluate": round(t_eval, 3)}
     results.update({
         "eval": {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
@@ -253,6 +306,7 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
     from srq.artifact import load, read
 
     validate_options(cfg)
+    set_threads(cfg)
     path = Path(str(cfg.quantized)).expanduser().resolve()
     header, _ = read(path, tensors=False)
     name = header["model"].get("name")
@@ -265,16 +319,19 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.eval.get("limit_images"):
         for s in sets:
             s.pairs = s.pairs[: cfg.eval.limit_images]
+    info = header.get("info") or {}
+    calib_info = info.get("calibration") or {}
+    val = held_out_validation(cfg, spec.scale, int(calib_info.get("patch_size", 64)) * spec.scale,
+                              _redrawn_t91_hashes(calib_info, spec.scale), sets)
     config = _plain(cfg)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     loggers = make_loggers(cfg.logger, run_dir, run_dir.name, _sweep_group(), config)
     try:
         teacher = build_model(name, pretrained=True)
-        info = header.get("info") or {}
         artifact = {"path": str(path), "file_mb": round(path.stat().st_size / 1e6, 4),
                     "payload_mb": header["payload_bytes"] / 1e6,
                     "format_version": header["format_version"]}
-        results = evaluate_and_write(cfg, run_dir, student, teacher, sets, loggers, {
+        results = evaluate_and_write(cfg, run_dir, student, teacher, sets, val, loggers, {
             "model": name, "scale": spec.scale, "method": header.get("method"),
             "bits": header.get("bits"), "data": cfg.data.name,
             "time_s": {"calibrate": 0.0, "finetune": 0.0},
@@ -350,15 +407,48 @@ def export_and_evaluate(cfg: DictConfig, run_dir: Path, student, sets, results: 
     return results
 
 
-def check_disjoint(calibration_sets, test_sets) -> None:
-    """Calibration, fine-tuning and validation images never overlap an evaluated test set:
-    compared by the sha256 of their decoded pixels (LR with LR, HR with HR), not by name."""
-    from srq.data.images import file_pixel_hash, pixel_hash
+def _patch_sources(calibration_sets) -> dict[str, str]:
+    """{pixel hash: description} of the images that gave calibration patches."""
+    from srq.data.images import pixel_hash
 
-    calib_hashes = {}
-    for patches in calibration_sets:
-        for i in sorted(set(patches.sources)):
-            calib_hashes[pixel_hash(patches.images[i])] = f"{patches.cfg.source} image {i}"
+    return {pixel_hash(patches.images[i]): f"{patches.cfg.source} image {i}"
+            for patches in calibration_sets for i in sorted(set(patches.sources))}
+
+
+def _redrawn_t91_hashes(calib_info: dict, scale: int) -> set[str]:
+    """Images that gave the patches of a saved model's T91 calibration (drawn again from its
+    recorded source, count, size and seed), so ``val`` holds them out as the original run did."""
+    from srq.data.calibration import CalibrationConfig, calibration_data
+
+    if calib_info.get("source") != "t91":
+        return set()
+    data = calibration_data(
+        CalibrationConfig(source="t91", num_patches=int(calib_info["num_patches"]),
+                          patch_size=int(calib_info["patch_size"]), seed=int(calib_info["seed"])),
+        scale, val_patches=int(calib_info.get("val_patches") or 0),
+        train_patches=(calib_info.get("train") or {}).get("num_patches"))
+    return calibration_hashes(data)
+
+
+def held_out_validation(cfg: DictConfig, scale: int, patch_crop: int, exclude: set[str], sets):
+    """The run's ``val`` split (None when ``val.source=null``), checked against the test sets."""
+    from srq.data.images import file_pixel_hash
+
+    vcfg = validation_config(cfg.get("val"))
+    if not vcfg.enabled:
+        return None
+    val = validation_set(vcfg, scale, patch_crop, exclude)
+    check_disjoint({file_pixel_hash(str(p.hr), p.hr.stat().st_mtime_ns): f"val image {p.name}"
+                    for p in val.pairs}, sets)
+    return val
+
+
+def check_disjoint(calib_hashes: dict[str, str], test_sets) -> None:
+    """Calibration, fine-tuning and validation images (``calib_hashes``: {pixel hash:
+    description}) never overlap an evaluated test set: compared by the sha256 of their
+    decoded pixels (LR with LR, HR with HR), not by name."""
+    from srq.data.images import file_pixel_hash
+
     for test in test_sets:
         for pair in test.pairs:
             for path in (pair.hr, pair.lr):
