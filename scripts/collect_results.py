@@ -2,31 +2,30 @@
 
     python scripts/collect_results.py outputs/multiruns/2026-11-26/12-00-00-000000 [--csv out.csv]
     python scripts/collect_results.py <sweep dir> --by-run    # one row per run, sets side by side
+    python scripts/collect_results.py <sweep dir> [<more dirs>] --seeds           # mean ± std (n)
+    python scripts/collect_results.py <dirs> --compare 2dquant dobi               # paired by seed
 
 The default layout has one row per (run, test set). ``--by-run`` puts each run on one row:
 "PSNR / SSIM" for every test set in the sweep, then the calibration and fine-tuning seconds
-from ``time_s``.
+from ``time_s``. ``--seeds`` groups runs that differ only in ``seed`` into one row per cell:
+mean ± sample std (n) of val and each test set. ``--compare A B`` pairs the runs of methods
+A and B (or cell labels ``method[key=value]``) by seed per model, bits and set: mean ± std
+of A − B, n, and in how many seeds A was ahead. (Grouping and statistics: srq.analysis.)
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
-import re
 import sys
 from pathlib import Path
 
-
-def _natural(path: Path) -> list:
-    """Sort key: job directories ``2_x`` before ``10_x``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+from srq.analysis import load_runs, paired, paired_table, seeds_table
 
 
-def collect(root: Path) -> list[dict]:
+def collect(*roots: Path) -> list[dict]:
     rows = []
-    for path in sorted(root.rglob("results.json"), key=_natural):
-        res = json.loads(path.read_text())
+    for res in load_runs(*roots):
         for set_name, m in res["metrics"].items():
             fp = res.get("fp_metrics", {}).get(set_name, {})
             rows.append({
@@ -36,7 +35,7 @@ def collect(root: Path) -> list[dict]:
                 "size_mb": res["model_size_mb"]["quantized"],
                 "calibrate_s": res["time_s"].get("calibrate"),
                 "finetune_s": res["time_s"].get("finetune"),
-                "eval_s": res["time_s"].get("evaluate"), "run_dir": str(path.parent),
+                "eval_s": res["time_s"].get("evaluate"), "run_dir": res["run_dir"],
             })
     return rows
 
@@ -74,16 +73,31 @@ def markdown_by_run(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="a run or sweep directory")
+    parser.add_argument("roots", type=Path, nargs="+", help="run, sweep or outputs directories")
     parser.add_argument("--csv", type=Path, help="also write the rows as CSV here")
     parser.add_argument("--by-run", action="store_true",
                         help="one row per run, test sets side by side, with process times")
+    parser.add_argument("--seeds", action="store_true",
+                        help="one row per cell (runs differing only in seed): mean ± std (n)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="paired differences A − B by seed (method names or cell labels)")
+    parser.add_argument("--metric", default="psnr_y", choices=("psnr_y", "ssim_y", "psnr_rgb"))
     args = parser.parse_args(argv)
-    rows = collect(args.root)
+    rows = collect(*args.roots)
     if not rows:
-        print(f"no results.json under {args.root}", file=sys.stderr)
+        print(f"no results.json under {' '.join(map(str, args.roots))}", file=sys.stderr)
         return 1
-    print(markdown_by_run(rows) if args.by_run else markdown(rows))
+    if args.compare:
+        pairs = paired(load_runs(*args.roots), *args.compare, key=args.metric)
+        if not pairs:
+            print(f"no runs of {args.compare[0]} and {args.compare[1]} share a model, bits and "
+                  "seed; run both with the same seeds (e.g. seed=0,1,2)", file=sys.stderr)
+            return 1
+        print(paired_table(pairs, args.metric))
+    elif args.seeds:
+        print(seeds_table(load_runs(*args.roots), args.metric))
+    else:
+        print(markdown_by_run(rows) if args.by_run else markdown(rows))
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -112,3 +112,46 @@ def test_bench_deploy_rows_and_markdown(tmp_path, data_dir):
         assert by["torch_fp32"]["psnr_y"] - 1.0 < by[runtime]["psnr_y"] < by["torch_fp32"]["psnr_y"]
         assert by[runtime]["file_mb"] < 0.5 * by["ort_fp32"]["file_mb"]
     assert "ort_int8_srq" in out.with_suffix(".md").read_text()
+
+
+def _seeded(method: str, seed: int, psnr: float, val: float, lr: float = 0.01) -> dict:
+    metrics = {"Set5": {"psnr_y": psnr, "ssim_y": 0.9, "psnr_rgb": psnr - 2, "n_images": 5}}
+    return {"model": "imdn_x4", "method": method, "bits": "w4a4", "metrics": metrics,
+            "fp_metrics": metrics, "val": {"psnr_y": val, "ssim_y": 0.8, "n_images": 10},
+            "time_s": {"calibrate": 10.0 + seed, "finetune": 20.0}, "seed": seed,
+            "model_size_mb": {"fp32": 2.0, "quantized": 0.5},
+            "config": {"seed": seed, "model": {"name": "imdn_x4"},
+                       "method": {"name": method, "lr": lr, "calib": {"seed": seed}},
+                       "paths": {"output_dir": f"/x/{method}/{seed}"}}}
+
+
+def test_collect_results_seeds_and_paired_comparison(tmp_path):
+    """Runs that differ only in seed form one cell: mean ± sample std (n), computed by hand;
+    two lr variants stay apart; --compare pairs A and B by seed with a sign count."""
+    a = {0: (28.0, 27.0), 1: (28.3, 27.1), 2: (27.7, 26.9)}
+    b = {0: (27.9, 26.8), 1: (28.0, 27.2), 2: (27.5, 26.7)}
+    job = 0
+    for method, table in (("2dquant", a), ("dobi", b)):
+        for seed, (psnr, val) in table.items():
+            (tmp_path / f"{job}_x").mkdir()
+            (tmp_path / f"{job}_x" / "results.json").write_text(json.dumps(_seeded(method, seed, psnr, val)))
+            job += 1
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps(_seeded("dobi", 0, 20.0, 19.0, lr=0.1)))
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--seeds"],
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("| model | method | bits | variant | seeds | val psnr_y | Set5 psnr_y |")
+    # 2dquant Set5: mean 28.0, s = sqrt((0 + 0.09 + 0.09) / 2) = 0.3; val: 27.0, s = 0.1
+    assert lines[2] == "| imdn_x4 | 2dquant | w4a4 | – | 0,1,2 | 27.000 ± 0.100 (3) | 28.000 ± 0.300 (3) | 11 | 20 |"
+    assert "| imdn_x4 | dobi | w4a4 | lr=0.01 | 0,1,2 |" in lines[3] and "27.800 ± 0.265 (3)" in lines[3]
+    assert lines[4].startswith("| imdn_x4 | dobi | w4a4 | lr=0.1 | 0 | 19.000 (n=1) | 20.000 (n=1) |")
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--compare", "2dquant",
+                           "dobi[lr=0.01]"], capture_output=True, text=True, check=True)
+    rows = proc.stdout.strip().splitlines()
+    # Set5 d = 0.1, 0.3, 0.2 → +0.200 ± 0.100, ahead in 3 of 3; val d = 0.2, -0.1, 0.2 → 2 of 3
+    assert "| imdn_x4 | w4a4 | Set5 | 2dquant | dobi[lr=0.01] | +0.200 ± 0.100 | 3 | 3 of 3 |" in rows
+    assert "| imdn_x4 | w4a4 | val | 2dquant | dobi[lr=0.01] | +0.100 ± 0.173 | 3 | 2 of 3 |" in rows
+    missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--compare", "2dquant", "mse"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "share a model, bits and seed" in missing.stderr
