@@ -13,12 +13,12 @@ quantized crops of the same region, side by side.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from srq.data.images import write_png
 from srq.errors import SrqError
 
 SUFFIX = ".png"
@@ -57,18 +57,6 @@ def input_images(path: Path) -> list[Path]:
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return [path]
     raise SrqError(f"--input {path}: not an image ({', '.join(IMAGE_SUFFIXES)}) or a folder of them")
-
-
-def write_png(img: torch.Tensor, path: Path) -> None:
-    """(3, H, W) uint8 → PNG, atomically (a partial file never has the final name)."""
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def super_resolve(model, lr: torch.Tensor, scale: int, tile: int | None, overlap: int) -> torch.Tensor:

@@ -32,13 +32,16 @@ log = logging.getLogger(__name__)
 RESULTS = "results.json"
 
 
-def evaluate(model: torch.nn.Module, sets, cfg: DictConfig, loggers, prefix: str = ""):
-    """Metrics of ``model`` on ``sets``: ({set: summary}, per-image records, seconds)."""
+def evaluate(model: torch.nn.Module, sets, cfg: DictConfig, loggers, prefix: str = "",
+             save_dir: Path | None = None):
+    """Metrics of ``model`` on ``sets``: ({set: summary}, per-image records, seconds).
+    ``save_dir``: where the SR outputs of ``eval.save_images`` go (None: nowhere)."""
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False)
     return evaluate_sets(
         model, sets, trainer, num_workers=cfg.data.get("num_workers", 0), tile=cfg.eval.tile,
         tile_overlap=cfg.eval.tile_overlap, log_images=cfg.eval.log_images if loggers else 0,
-        image_crop=cfg.eval.image_crop, prefix=prefix,
+        image_crop=cfg.eval.image_crop, prefix=prefix, save_dir=save_dir,
+        save_images=cfg.eval.get("save_images") or (),
     )
 
 
@@ -241,7 +244,7 @@ def evaluate_and_write(cfg: DictConfig, run_dir: Path, student, teacher, sets, v
     validation split ``val`` (or None); write per_image.csv (test sets), per_image_val.csv
     and results.json (``fields`` plus metrics, ``val`` and the run's common keys)."""
     every = list(sets) + ([val] if val is not None else [])
-    metrics, records, t_eval = evaluate(student, every, cfg, loggers)
+    metrics, records, t_eval = evaluate(student, every, cfg, loggers, save_dir=run_dir / "sr")
     warnings = output_warnings(student, sets, metrics)
     if student is teacher:
         fp_metrics, fp_records = metrics, records

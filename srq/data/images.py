@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,13 @@ def bicubic_downsample(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """uint8 (3, H, W) HR → uint8 LR of size H/scale × W/scale, as MATLAB makes benchmark LR."""
     hr = modcrop(hr, scale)
     return to_uint8(imresize(to_float(hr), 1.0 / scale))
+
+
+def write_png(img: torch.Tensor, path: Path) -> None:
+    """(3, H, W) uint8 → PNG, atomically (a partial file never has the final name)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -20,11 +20,13 @@ class SREvaluation(L.LightningModule):
 
     Batches are ``(names, lr uint8, hr uint8)`` with batch size 1; dataloader i is set
     ``set_names[i]``. ``tile``: LR tile size for tiled inference (None: whole image).
+    ``save_images``: names (``<image>`` or ``<set>/<image>``) whose SR output is written to
+    ``save_dir/<set>_<image>.png`` (uint8, as scored).
     """
 
     def __init__(self, model: nn.Module, scale: int, set_names: list[str], tile: int | None = None,
                  tile_overlap: int = 16, log_images: int = 0, image_crop: int = 128,
-                 prefix: str = ""):
+                 prefix: str = "", save_dir=None, save_images=()):
         super().__init__()
         self.model = model
         self.scale = scale
@@ -32,6 +34,7 @@ class SREvaluation(L.LightningModule):
         self.tile, self.tile_overlap = tile, tile_overlap
         self.log_images, self.image_crop = log_images, image_crop
         self.prefix = prefix
+        self.save_dir, self.save_images = save_dir, set(save_images or ())
         self.records: list[dict] = []
         self.summary: dict[str, dict] = {}
 
@@ -52,6 +55,13 @@ class SREvaluation(L.LightningModule):
         set_name = self.set_names[dataloader_idx]
         self.records.append({"set": set_name, "image": name,
                              **{k: float(values[k][0]) for k in METRIC_KEYS}})
+        if self.save_dir is not None and ({name, f"{set_name}/{name}"} & self.save_images):
+            from pathlib import Path
+
+            from srq.data.images import write_png
+
+            Path(self.save_dir).mkdir(parents=True, exist_ok=True)
+            write_png(to_uint8(sr[0]), Path(self.save_dir) / f"{set_name}_{name}.png")
         if batch_idx < self.log_images:
             self._log_crop(set_name, name, sr, hr)
 
