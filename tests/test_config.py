@@ -62,3 +62,20 @@ def test_every_config_group_ships_with_the_package():
     packages = set(project["tool"]["setuptools"]["packages"])
     groups = {p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("__")}
     assert {f"srq.conf.{g}" for g in groups} <= packages
+
+
+def test_every_experiment_names_its_paper_table():
+    """Each experiment's header says what it reproduces; its ``paper:`` block (or null) holds
+    the published numbers srq-report prints beside ours, each inside a plausible PSNR range."""
+    for option in _options("experiment"):
+        text = (CONF / "experiment" / f"{option}.yaml").read_text()
+        assert text.splitlines()[1].startswith("# Reproduces: "), option
+        paper = _compose([f"experiment={option}"]).get("paper")
+        if paper is None:
+            continue
+        assert paper.table and paper.metric in ("psnr_y", "psnr_rgb"), option
+        for method, by_bits in paper.values.items():
+            for bits, by_set in by_bits.items():
+                assert bits in _options("bits"), (option, bits)
+                for set_name, value in by_set.items():
+                    assert set_name in paper.fp and 10 < value <= paper.fp[set_name] + 1e-9, (option, method)
