@@ -74,7 +74,7 @@ def test_every_experiment_names_its_paper_table():
         if paper is None:
             continue
         assert paper.table and paper.metric in ("psnr_y", "psnr_rgb"), option
-        for method, by_bits in paper.values.items():
+        for method, by_bits in paper["values"].items():
             for bits, by_set in by_bits.items():
                 assert bits in _options("bits"), (option, bits)
                 for set_name, value in by_set.items():
