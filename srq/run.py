@@ -516,15 +516,26 @@ _FP_MEMO: dict[str, tuple[dict, list]] = {}
 
 
 def _fp_reference(teacher, sets, cfg):
-    """FP metrics of the teacher, computed once per process for the same model, checkpoint,
-    data and evaluation settings (a multirun sweep runs its jobs in one process)."""
+    """FP metrics of the teacher, computed once per model weights, images and evaluation
+    settings: in memory within a process, on disk (``eval.fp_cache``) across the processes
+    of a sweep (joblib, submitit) and across sweeps (srq/lit/fp_cache.py)."""
+    from srq.lit.fp_cache import cached_reference
+
+    options = {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
+               "y_output": getattr(teacher, "color", "rgb")}
     key = OmegaConf.to_yaml(OmegaConf.create({
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True), "eval": options,
         "images": [[s.name, [p.name for p in s.pairs]] for s in sets]}))
     if key not in _FP_MEMO:
-        metrics, records, _ = evaluate(teacher, sets, cfg, [], prefix="fp/")
+        def compute():
+            metrics, records, _ = evaluate(teacher, sets, cfg, [], prefix="fp/")
+            return metrics, records
+
+        if cfg.eval.get("fp_cache", True):
+            metrics, records, _ = cached_reference(teacher, sets, options, compute)
+        else:
+            metrics, records = compute()
         _FP_MEMO[key] = (metrics, records)
     return _FP_MEMO[key]
 

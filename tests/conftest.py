@@ -13,6 +13,11 @@ _default_mirror = REPO.parent / "shared" / "data"
 if not os.environ.get("SRQ_DATA_DIR") and _default_mirror.is_dir():
     os.environ["SRQ_DATA_DIR"] = str(_default_mirror)
 os.environ.setdefault("WANDB_MODE", "offline")
+# a fresh cache per test session (FP references, downloads): tests never see an old one
+if not os.environ.get("SRQ_CACHE"):
+    import tempfile
+
+    os.environ["SRQ_CACHE"] = tempfile.mkdtemp(prefix="srq-test-cache-")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -12,12 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
+_SSIM_C1, _SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
@@ -55,16 +52,45 @@ def sr_image_metrics(sr: torch.Tensor, hr: torch.Tensor, scale: int,
         sr_y = rgb_to_y(sr255)
     sr_y, hr_y = _crop(sr_y, scale), _crop(rgb_to_y(hr255), scale)
     sr_rgb, hr_rgb = _crop(sr255, scale), _crop(hr255, scale)
-    dims = (1, 2, 3)
-    psnr_y = peak_signal_noise_ratio(sr_y, hr_y, data_range=255.0, reduction="none", dim=dims)
-    psnr_rgb = peak_signal_noise_ratio(sr_rgb, hr_rgb, data_range=255.0, reduction="none", dim=dims)
-    _, ssim_map = structural_similarity_index_measure(
-        sr_y, hr_y, data_range=255.0, kernel_size=11, sigma=1.5, reduction="none",
-        return_full_image=True,
-    )
-    # torchmetrics reflect-pads; BasicSR averages only the valid (un-padded) 5-pixel interior
-    ssim_y = _crop(ssim_map, 5).mean(dim=dims)
-    return {"psnr_y": psnr_y, "ssim_y": ssim_y, "psnr_rgb": psnr_rgb}
+    return {"psnr_y": psnr(sr_y, hr_y), "ssim_y": ssim(sr_y, hr_y), "psnr_rgb": psnr(sr_rgb, hr_rgb)}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR = 10 log10(255² / mean((a − b)²)) over (C, H, W); (N,) float64."""
+    mse = (a.double() - b.double()).pow(2).mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(255.0 ** 2 / mse)
+
+
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Valid-mode correlation with the 11-tap Gaussian along ``dim``:
+    y_i = g_5 x_{i+5} + Σ_{k<5} g_k (x_{i+k} + x_{i+10−k})."""
+    g = [float(v) for v in _gaussian_1d()]
+    n = x.shape[dim] - 10
+    out = x.narrow(dim, 5, n) * g[5]
+    for k in range(5):
+        out.add_(x.narrow(dim, k, n) + x.narrow(dim, 10 - k, n), alpha=g[k])
+    return out
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of (N, 1, H, W) images in [0, 255] (float64), as BasicSR's ``_ssim``:
+    11×11 Gaussian window (σ = 1.5) over the valid region only,
+    SSIM = mean[(2μ_aμ_b + C1)(2σ_ab + C2) / ((μ_a² + μ_b² + C1)(σ_a² + σ_b² + C2))],
+    C1 = (0.01·255)², C2 = (0.03·255)². The window is separable and symmetric (w = g gᵀ,
+    g_k = g_{10−k}), so each local mean is two 1-D passes of 6 multiply-adds per pixel."""
+    a, b = a.double(), b.double()
+    maps = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+    mu_a, mu_b, aa, bb, ab = _blur(_blur(maps, -2), -1).unbind(1)
+    var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
+    num = (2 * mu_a * mu_b + _SSIM_C1) * (2 * cov + _SSIM_C2)
+    den = (mu_a ** 2 + mu_b ** 2 + _SSIM_C1) * (var_a + var_b + _SSIM_C2)
+    return (num / den).mean(dim=(1, 2))
 
 
 def summarize(values: dict[str, list[float]]) -> dict[str, float | int]:
