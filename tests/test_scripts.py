@@ -155,3 +155,18 @@ def test_collect_results_seeds_and_paired_comparison(tmp_path):
     missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--compare", "2dquant", "mse"],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "share a model, bits and seed" in missing.stderr
+
+
+def test_bench_eval_times_forward_and_metrics_apart(tmp_path, data_dir):
+    """bench_eval on one synthetic image: srq's metrics equal BasicSR's on the same outputs."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_eval.py"
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, str(script), "--models", "imdn_x4", "--image", "160x120",
+                           "--repeats", "1", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["hr_size"] == "160x120" and row["n_images"] == 1
+    assert row["max_abs_diff_psnr_y"] < 1e-4 and row["max_abs_diff_ssim_y"] < 1e-6
+    assert row["forward_s"] > 0 and row["metrics_s"] > 0 and row["basicsr_metrics_s"] > 0
+    assert "| imdn_x4 | synthetic 160x120 (1) |" in out.with_suffix(".md").read_text()
