@@ -155,3 +155,79 @@ def test_validation_patches_come_from_images_without_a_training_patch(data_dir):
     full = calibration_data(CalibrationConfig(source="t91", num_patches=32, patch_size=64, seed=0), 4,
                             val_patches=8, train_patches=128)  # 2DQuant's draw: all 19 images used
     assert full.describe()["val_disjoint"] is False
+
+
+def _hr_images(folder, n: int):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    gen = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(gen.integers(0, 256, (50 + 4 * i, 66, 3), dtype=np.uint8)).save(
+            folder / f"img_{i + 1:03d}.png")
+    return folder
+
+
+def _fake_archive(monkeypatch, tmp_path, name: str, kind: str):
+    """A small stand-in for the public archive of ``name`` (3 HR images under its member
+    dir, plus a non-image file), served from a file:// URL with its real md5."""
+    import tarfile
+    import zipfile
+
+    from srq.data import archives
+
+    spec = archives.ARCHIVE_SETS[name]
+    src = _hr_images(tmp_path / "src" / spec.member_dir, 3)
+    (src / "readme.txt").write_text("not an image")
+    path = tmp_path / f"upstream.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for f in sorted(src.iterdir()):
+                zf.write(f, f"{spec.member_dir}/{f.name}")
+    else:
+        with tarfile.open(path, "w:gz") as tf:
+            tf.add(src, arcname=spec.member_dir)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    fake = archives.ArchiveSet(name, path.as_uri(), f"md5:{md5}", spec.member_dir, 3, "test")
+    monkeypatch.setitem(archives.ARCHIVE_SETS, name, fake)
+    monkeypatch.setenv("SRQ_CACHE", str(tmp_path / "cache"))
+    return path
+
+
+@pytest.mark.parametrize("name, kind", [("Urban100", "tar.gz"), ("DIV2K_valid", "zip")])
+def test_archive_sets_download_verify_extract_and_cache(monkeypatch, tmp_path, name, kind):
+    monkeypatch.setenv("SRQ_DATA_DIR", str(tmp_path / "mirror_without_it"))
+    (tmp_path / "mirror_without_it").mkdir()
+    upstream = _fake_archive(monkeypatch, tmp_path, name, kind)
+    pairs = benchmark_set(name, 2)
+    assert [p.name for p in pairs.pairs] == ["img_001", "img_002", "img_003"]
+    _, lr, hr = pairs[1]
+    assert tuple(hr.shape) == (3, 54, 66) and tuple(lr.shape) == (3, 27, 33)
+    assert torch.equal(lr, bicubic_downsample(hr, 2))  # HR-only sets: MATLAB-bicubic LR
+    upstream.unlink()  # the second time needs no download
+    assert len(benchmark_set(name, 2)) == 3
+
+
+def test_archive_with_a_wrong_checksum_is_refused_and_not_kept(monkeypatch, tmp_path):
+    from srq.data import archives
+
+    monkeypatch.delenv("SRQ_DATA_DIR", raising=False)
+    _fake_archive(monkeypatch, tmp_path, "Urban100", "tar.gz")
+    spec = archives.ARCHIVE_SETS["Urban100"]
+    monkeypatch.setitem(archives.ARCHIVE_SETS, "Urban100",
+                        archives.ArchiveSet("Urban100", spec.url, "md5:" + "0" * 32, spec.member_dir, 3, "t"))
+    with pytest.raises(SrqError, match="md5 mismatch for Urban100"):
+        benchmark_set("Urban100", 4)
+    assert not list((tmp_path / "cache").rglob("*.tar.gz"))
+    assert not (tmp_path / "cache" / "benchmark" / "Urban100" / "HR").exists()
+
+
+def test_archive_sets_come_from_a_mirror_and_manga109_says_where_to_get_it(monkeypatch, tmp_path):
+    mirror = tmp_path / "mirror"
+    _hr_images(mirror / "benchmark" / "Urban100" / "HR", 2)
+    monkeypatch.setenv("SRQ_DATA_DIR", str(mirror))
+    monkeypatch.setenv("SRQ_CACHE", str(tmp_path / "cache"))
+    assert [p.name for p in benchmark_set("Urban100", 4).pairs] == ["img_001", "img_002"]
+    with pytest.raises(SrqError, match="manga109.org"):
+        benchmark_set("Manga109", 4)
