@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,25 @@ def test_report_on_an_empty_dir_is_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no results.json" in proc.stderr
+
+
+def test_results_notebook_executes_on_a_sweep(data_dir, tmp_path):
+    """notebooks/results.ipynb runs top to bottom through srq.analysis on a sweep."""
+    pytest.importorskip("nbclient")
+    import nbformat
+
+    sweep = tmp_path / "sweep"
+    for job, (method, seed, psnr) in enumerate([("2dquant", 0, 29.0), ("2dquant", 1, 29.2),
+                                                ("dobi", 0, 28.0), ("dobi", 1, 28.4)]):
+        _run(sweep, job, method, "w4a4", seed, psnr, 10.0)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "execute_notebook.py"
+    out = tmp_path / "executed.ipynb"
+    proc = subprocess.run([sys.executable, str(script), str(sweep), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = nbformat.read(out, as_version=4)
+    text = json.dumps([c.get("outputs", []) for c in nb.cells], ensure_ascii=False)
+    assert "4 runs, 2 cells" in text
+    assert "+0.900 ± 0.141" in text  # 2dquant − dobi per seed: 1.0, 0.8
+    assert sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb.cells for o in c.get("outputs", [])) == 3
