@@ -97,3 +97,20 @@ def test_results_notebook_executes_on_a_sweep(data_dir, tmp_path):
     assert "+0.900 ± 0.141" in text  # 2dquant − dobi per seed: 1.0, 0.8
     assert sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb.cells for o in c.get("outputs", [])) == 3
+
+
+def test_report_logs_figures_and_tables_to_wandb_offline(data_dir, tmp_path):
+    from cli_helpers import wandb_history
+
+    sweep = tmp_path / "sweep"
+    for job, (method, seed) in enumerate([("2dquant", 0), ("dobi", 0)]):
+        _run(sweep, job, method, "w4a4", seed, 29.0 - job, 10.0)
+    proc = subprocess.run(["srq-report", str(sweep), "--out", str(tmp_path / "r"), "--wandb", "srq-test",
+                           "--compare", "2dquant", "dobi"], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = wandb_history(sweep)
+    # nested keys: images and tables as W&B media files
+    assert history["report/PSNR vs bit-width/_type"] == ["image-file"]
+    assert history["report/cells/_type"] == ["table-file"] and history["report/cells/nrows"] == [4]
+    assert history["report/2dquant_vs_dobi/nrows"] == [2]  # val and Set5
