@@ -38,14 +38,16 @@ def load_runs(*roots: str | Path) -> list[dict]:
     return runs
 
 
-def _flatten(node, prefix: str = "") -> dict:
+def _flatten(node, prefix: str = "", run_dir: str | None = None) -> dict:
+    """{dotted key: JSON value} of a config, without seeds, paths, logger and any value that
+    names the run's own directory (e.g. trainer.default_root_dir)."""
     out = {}
     if isinstance(node, dict):
         for k, v in node.items():
             if k in IGNORED_KEYS or (not prefix and k in IGNORED_SECTIONS):
                 continue
-            out.update(_flatten(v, f"{prefix}{k}."))
-    else:
+            out.update(_flatten(v, f"{prefix}{k}.", run_dir))
+    elif not (run_dir and isinstance(node, str) and run_dir in node):
         out[prefix[:-1]] = json.dumps(node, sort_keys=True)
     return out
 
@@ -93,7 +95,8 @@ class Cell:
 
 def cells(runs: list[dict]) -> list[Cell]:
     """Group ``runs`` into cells (equal configs but for seeds), in first-seen order."""
-    flat = [_flatten(r.get("config") or {}) for r in runs]
+    flat = [_flatten(r.get("config") or {}, run_dir=((r.get("config") or {}).get("paths") or {}).get("output_dir"))
+            for r in runs]
     groups: dict[tuple, list[int]] = {}
     for i, (r, f) in enumerate(zip(runs, flat)):
         key = (r["model"], r["method"], r["bits"], tuple(sorted(f.items())))

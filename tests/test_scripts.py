@@ -122,7 +122,9 @@ def _seeded(method: str, seed: int, psnr: float, val: float, lr: float = 0.01) -
             "model_size_mb": {"fp32": 2.0, "quantized": 0.5},
             "config": {"seed": seed, "model": {"name": "imdn_x4"},
                        "method": {"name": method, "lr": lr, "calib": {"seed": seed}},
-                       "paths": {"output_dir": f"/x/{method}/{seed}"}}}
+                       "paths": {"output_dir": f"/x/{method}/{seed}"},
+                       # derived from the run dir: differs per run, must not split cells
+                       "trainer": {"default_root_dir": f"/x/{method}/{seed}"}}}
 
 
 def test_collect_results_seeds_and_paired_comparison(tmp_path):
