@@ -43,6 +43,18 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def _std(std: float) -> float:
+    """An error bar's half-length: 0 for a single run (std is nan)."""
+    return 0.0 if std != std else std
+
+
 def _quantized(cs: list[Cell]) -> list[Cell]:
     return [c for c in cs if c.method != "fp"]
 
@@ -59,7 +71,7 @@ def figure_psnr_vs_bits(cs: list[Cell], set_name: str, path: Path) -> Path:
                           for c in mine if c.label == label and c.values(set_name)))
             if pts:
                 xs, ys, es = zip(*pts)
-                ax.errorbar(xs, ys, yerr=[0 if e != e else e for e in es], marker="o", capsize=3,
+                ax.errorbar(xs, ys, yerr=[_std(e) for e in es], marker="o", capsize=3,
                             label=label)
         fp = next((c.fp(set_name) for c in cs if c.model == model and c.fp(set_name)), None)
         if fp:
@@ -70,10 +82,7 @@ def figure_psnr_vs_bits(cs: list[Cell], set_name: str, path: Path) -> Path:
         ax.set_ylabel("Y-PSNR (dB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def figure_drop_vs_time(cs: list[Cell], set_name: str, path: Path) -> Path:
@@ -87,7 +96,7 @@ def figure_drop_vs_time(cs: list[Cell], set_name: str, path: Path) -> Path:
             continue
         seconds = (c.seconds("calibrate") or 0) + (c.seconds("finetune") or 0)
         mean, std, _ = mean_std(vals.values())
-        ax.errorbar(max(seconds, 0.1), fp - mean, yerr=0 if std != std else std, capsize=3,
+        ax.errorbar(max(seconds, 0.1), fp - mean, yerr=_std(std), capsize=3,
                     marker=markers[models.index(c.model) % len(markers)], ls="none")
         ax.annotate(f"{c.label} {c.bits}", (max(seconds, 0.1), fp - mean), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
@@ -97,10 +106,7 @@ def figure_drop_vs_time(cs: list[Cell], set_name: str, path: Path) -> Path:
     ax.set_title("PSNR drop vs process time (" + ", ".join(
         f"{m}: {markers[i % len(markers)]}" for i, m in enumerate(models)) + ")", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def figure_size_vs_psnr(cs: list[Cell], set_name: str, path: Path) -> Path:
@@ -112,7 +118,7 @@ def figure_size_vs_psnr(cs: list[Cell], set_name: str, path: Path) -> Path:
         if not vals:
             continue
         mean, std, _ = mean_std(vals.values())
-        ax.errorbar(c.size_mb, mean, yerr=0 if std != std else std, marker="o", capsize=3, ls="none")
+        ax.errorbar(c.size_mb, mean, yerr=_std(std), marker="o", capsize=3, ls="none")
         ax.annotate(f"{c.model} {c.label} {c.bits}", (c.size_mb, mean), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
         fp = c.fp(set_name)
@@ -125,10 +131,7 @@ def figure_size_vs_psnr(cs: list[Cell], set_name: str, path: Path) -> Path:
     ax.set_ylabel(f"{set_name} Y-PSNR (dB)")
     ax.set_title("model size vs PSNR")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _per_image_psnr(run: dict, set_name: str, image: str) -> float | None:
@@ -193,10 +196,7 @@ def figure_visual(key: tuple, panels: dict[str, Path], cs: list[Cell], path: Pat
         ax.set_title(title + ("" if value is None else f"\n{value:.2f} dB"), fontsize=8)
         ax.axis("off")
     fig.suptitle(f"{model_name} ×{scale} · {set_name}/{image} · crop {c}² at ({y0}, {x0})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def paper_table(runs: list[dict], cs: list[Cell]) -> str:
