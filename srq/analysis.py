@@ -94,12 +94,19 @@ class Cell:
 
 
 def cells(runs: list[dict]) -> list[Cell]:
-    """Group ``runs`` into cells (equal configs but for seeds), in first-seen order."""
+    """Group ``runs`` into cells (equal configs but for seeds), in first-seen order. Only keys
+    that every run of the same model/method/bits has are compared: a key added to srq's
+    configs later (with its default) does not split runs made before and after."""
     flat = [_flatten(r.get("config") or {}, run_dir=((r.get("config") or {}).get("paths") or {}).get("output_dir"))
             for r in runs]
+    shared: dict[tuple, set] = {}
+    for r, f in zip(runs, flat):
+        mmb = (r["model"], r["method"], r["bits"])
+        shared[mmb] = set(f) if mmb not in shared else shared[mmb] & set(f)
     groups: dict[tuple, list[int]] = {}
     for i, (r, f) in enumerate(zip(runs, flat)):
-        key = (r["model"], r["method"], r["bits"], tuple(sorted(f.items())))
+        mmb = (r["model"], r["method"], r["bits"])
+        key = (*mmb, tuple(sorted((k, v) for k, v in f.items() if k in shared[mmb])))
         groups.setdefault(key, []).append(i)
     # variant label: keys that differ among cells of the same model/method/bits
     by_mmb: dict[tuple, list[tuple]] = {}

@@ -140,6 +140,10 @@ def test_collect_results_seeds_and_paired_comparison(tmp_path):
             job += 1
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text(json.dumps(_seeded("dobi", 0, 20.0, 19.0, lr=0.1)))
+    # a key one run has and the others lack (added to srq's configs later) does not split a cell
+    later = json.loads((tmp_path / "5_x" / "results.json").read_text())
+    later["config"]["eval"] = {"fp_cache": True}
+    (tmp_path / "5_x" / "results.json").write_text(json.dumps(later))
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--seeds"],
                           capture_output=True, text=True, check=True)
     lines = proc.stdout.strip().splitlines()
