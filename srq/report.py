@@ -100,7 +100,11 @@ def figure_drop_vs_time(cs: list[Cell], set_name: str, path: Path) -> Path:
                     marker=markers[models.index(c.model) % len(markers)], ls="none")
         ax.annotate(f"{c.label} {c.bits}", (max(seconds, 0.1), fp - mean), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("process time: calibrate + fine-tune (s, log)")
     ax.set_ylabel(f"{set_name} Y-PSNR drop from FP (dB)")
     ax.set_title("PSNR drop vs process time (" + ", ".join(
@@ -199,10 +203,27 @@ def figure_visual(key: tuple, panels: dict[str, Path], cs: list[Cell], path: Pat
     return _save(fig, path)
 
 
-def paper_table(runs: list[dict], cs: list[Cell]) -> str:
+def experiment_paper(name: str) -> dict:
+    """The ``paper:`` block of ``conf/experiment/<name>.yaml`` (for runs not launched by it)."""
+    from importlib import resources
+
+    import yaml
+
+    path = resources.files("srq.conf").joinpath("experiment", f"{name}.yaml")
+    if not path.is_file():
+        options = sorted(p.name[:-5] for p in resources.files("srq.conf").joinpath("experiment").iterdir()
+                         if p.name.endswith(".yaml"))
+        raise SrqError(f"--paper {name}: no such experiment; valid: {', '.join(options)}")
+    paper = yaml.safe_load(path.read_text()).get("paper")
+    if not paper:
+        raise SrqError(f"--paper {name}: that experiment names no published table (paper: null)")
+    return paper
+
+
+def paper_table(runs: list[dict], cs: list[Cell], extra: list[dict] = ()) -> str:
     """Ours (mean ± std (n) over seeds) beside the published numbers of each experiment
-    config's ``paper:`` block (``values: {method: {bits: {set: value}}}``)."""
-    papers = {}
+    config's ``paper:`` block (``values: {method: {bits: {set: value}}}``) and of ``extra``."""
+    papers = {p["table"]: p for p in extra}
     for r in runs:
         p = (r.get("config") or {}).get("paper")
         if p:
@@ -214,25 +235,30 @@ def paper_table(runs: list[dict], cs: list[Cell]) -> str:
         out += [f"**{title}** (paper model: {p.get('model', '?')}; {metric})", "",
                 "| model | method | bits | set | ours | paper | ours − FP | paper − FP |",
                 "|" + "---|" * 8]
+        missing = 0
         for method, by_bits in (p.get("values") or {}).items():
             for bits, by_set in by_bits.items():
                 for set_name, published in by_set.items():
                     mine = [c for c in cs if c.method == method and c.bits == bits and c.values(set_name, metric)]
-                    for c in mine or [None]:
-                        vals = list(c.values(set_name, metric).values()) if c else []
-                        ours = fmt_stat(vals) if vals else "–"
-                        ofp = c.fp(set_name, metric) if c else None
-                        od = f"{mean_std(vals)[0] - ofp:+.2f}" if vals and ofp is not None else "–"
+                    if not mine:
+                        missing += 1
+                    for c in mine:
+                        vals = list(c.values(set_name, metric).values())
+                        ofp = c.fp(set_name, metric)
+                        od = f"{mean_std(vals)[0] - ofp:+.2f}" if ofp is not None else "–"
                         pd = f"{published - fp[set_name]:+.2f}" if set_name in fp else "–"
-                        out.append(f"| {c.model if c else '–'} | {method} | {bits} | {set_name} | {ours} | "
+                        out.append(f"| {c.model} | {method} | {bits} | {set_name} | {fmt_stat(vals)} | "
                                    f"{published:.2f} | {od} | {pd} |")
+        if missing:
+            out += ["", f"({missing} published rows have no run here.)"]
         out.append("")
     return "\n".join(out)
 
 
 def build_report(roots: list[Path], out: Path, set_name: str | None = None,
                  compare: list[tuple[str, str]] = (), crop: int = 96,
-                 crop_at: tuple[int, int] | None = None, wandb_project: str | None = None) -> Path:
+                 crop_at: tuple[int, int] | None = None, wandb_project: str | None = None,
+                 papers: list[str] = ()) -> Path:
     """Write ``out/report.md`` and its figures; returns the report's path."""
     runs = load_runs(*roots)
     if not runs:
@@ -262,9 +288,9 @@ def build_report(roots: list[Path], out: Path, set_name: str | None = None,
         pairs = paired(runs, a, b)
         lines += [f"## {a} vs {b}, paired by seed", "",
                   paired_table(pairs) if pairs else f"(no runs of {a} and {b} share a model, bits and seed)", ""]
-    papers = paper_table(runs, cs)
-    if papers:
-        lines += ["## Beside the published numbers", "", papers]
+    published = paper_table(runs, cs, [experiment_paper(p) for p in papers])
+    if published:
+        lines += ["## Beside the published numbers", "", published]
     lines += ["## Figures", ""]
     lines += [f"### {title}\n\n![{title}]({path.name})\n" for title, path in figures.items()]
     report = write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
@@ -317,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=96, help="side of the visual crop in HR pixels")
     parser.add_argument("--crop-at", help="top,left of the visual crop in HR pixels (default: centre)")
     parser.add_argument("--wandb", metavar="PROJECT", help="also log figures and tables to W&B")
+    parser.add_argument("--paper", action="append", default=[], metavar="EXPERIMENT",
+                        help="also print the published numbers of this experiment= config")
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -326,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         path = build_report(args.roots, args.out, args.set_name, [tuple(c) for c in args.compare],
-                            args.crop, _crop_at(args.crop_at), args.wandb)
+                            args.crop, _crop_at(args.crop_at), args.wandb, args.paper)
     except SrqError as exc:
         print(f"srq-report: error: {exc}", file=sys.stderr)
         return 2

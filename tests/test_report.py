@@ -51,8 +51,8 @@ def test_report_writes_figures_tables_and_the_paper_beside_ours(data_dir, tmp_pa
                      image=tmp_path / "sr.png" if seed == 0 and bits == "w4a4" else None)
                 job += 1
     out = tmp_path / "report"
-    proc = subprocess.run(["srq-report", str(sweep), "--out", str(out), "--compare", "2dquant", "dobi"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(["srq-report", str(sweep), "--out", str(out), "--compare", "2dquant", "dobi",
+                           "--paper", "twodquant_grid"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -68,6 +68,12 @@ def test_report_writes_figures_tables_and_the_paper_beside_ours(data_dir, tmp_pa
     assert "| imdn_x4 | w4a4 | Set5 | 2dquant | dobi | +1.000 ± 0.000 | 3 | 3 of 3 |" in text
     # ours beside the published row: drop −3.11 vs the paper's −0.68
     assert "| imdn_x4 | 2dquant | w4a4 | Set5 | 29.100 ± 0.100 (3) | 31.77 | -3.11 | -0.68 |" in text
+    # --paper: the published table of an experiment config the runs did not use
+    assert "**2DQuant (NeurIPS 2024) Table 3, x4**" in text
+    assert "| imdn_x4 | dobi | w4a4 | Set5 | 28.100 ± 0.100 (3) | 31.10 | -4.11 | -1.35 |" in text
+    bad = subprocess.run(["srq-report", str(sweep), "--out", str(out), "--paper", "nope"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--paper nope: no such experiment" in bad.stderr
 
 
 def test_report_on_an_empty_dir_is_one_line(tmp_path):
