@@ -28,7 +28,7 @@ def test_default_config_has_the_contract_groups():
 
 
 @pytest.mark.parametrize("group", ["model", "method", "bits", "data", "trainer", "logger",
-                                   "calib", "experiment"])
+                                   "calib", "experiment", "hparams_search"])
 def test_every_option_composes(group):
     for option in _options(group):
         overrides = [f"{group}={option}"]
@@ -36,7 +36,11 @@ def test_every_option_composes(group):
             overrides.append("data.hr_dir=/tmp")
         cfg = _compose(overrides)
         OmegaConf.to_container(cfg.model, resolve=True)
-        if group != "experiment":  # experiments are @package _global_
+        if group == "hparams_search":  # @package _global_: a sweeper scored on val
+            assert cfg.optimized_metric == "val/psnr_y"
+            assert cfg.hydra.sweeper.storage.endswith("/optuna.db") and cfg.hydra.sweeper.params
+            assert cfg.method.name == option.removesuffix("_optuna").replace("dqc", "2dquant")
+        elif group != "experiment":  # experiments are @package _global_
             assert cfg[group] is not None
 
 
