@@ -66,6 +66,12 @@ class Cell:
     def seeds(self) -> list:
         return [r.get("seed") for r in self.runs]
 
+    @property
+    def repeated_seeds(self) -> list:
+        """Seeds with more than one run in this cell (reruns): only the last one counts."""
+        seen = [s for s in self.seeds]
+        return sorted({s for s in seen if seen.count(s) > 1}, key=lambda s: (s is None, s))
+
     def values(self, set_name: str, key: str = "psnr_y") -> dict:
         """{seed: value} of ``set_name`` (a test set, or ``val``) over the cell's runs."""
         out = {}
@@ -94,19 +100,24 @@ class Cell:
 
 
 def cells(runs: list[dict]) -> list[Cell]:
-    """Group ``runs`` into cells (equal configs but for seeds), in first-seen order. Only keys
-    that every run of the same model/method/bits has are compared: a key added to srq's
-    configs later (with its default) does not split runs made before and after."""
+    """Group ``runs`` into cells (equal configs but for seeds), in first-seen order. A key
+    that some runs of a model/method/bits lack is compared only if the runs that have it
+    disagree: a key added to srq's configs later (one value, its default) does not split
+    runs made before and after it."""
     flat = [_flatten(r.get("config") or {}, run_dir=((r.get("config") or {}).get("paths") or {}).get("output_dir"))
             for r in runs]
-    shared: dict[tuple, set] = {}
+    present: dict[tuple, set] = {}
+    values: dict[tuple, dict[str, set]] = {}
     for r, f in zip(runs, flat):
         mmb = (r["model"], r["method"], r["bits"])
-        shared[mmb] = set(f) if mmb not in shared else shared[mmb] & set(f)
+        present[mmb] = set(f) if mmb not in present else present[mmb] & set(f)
+        for k, v in f.items():
+            values.setdefault(mmb, {}).setdefault(k, set()).add(v)
     groups: dict[tuple, list[int]] = {}
     for i, (r, f) in enumerate(zip(runs, flat)):
         mmb = (r["model"], r["method"], r["bits"])
-        key = (*mmb, tuple(sorted((k, v) for k, v in f.items() if k in shared[mmb])))
+        kept = {k: v for k, v in f.items() if k in present[mmb] or len(values[mmb][k]) > 1}
+        key = (*mmb, tuple(sorted(kept.items())))
         groups.setdefault(key, []).append(i)
     # variant label: keys that differ among cells of the same model/method/bits
     by_mmb: dict[tuple, list[tuple]] = {}
@@ -157,14 +168,18 @@ def seeds_table(runs: list[dict], key: str = "psnr_y") -> str:
     head = "| model | method | bits | variant | seeds | " + " | ".join(
         f"{s} {key}" for s in cols) + " | calibrate s | fine-tune s |"
     lines = [head, "|" + "---|" * (len(cols) + 7)]
+    notes = []
     for c in cells(runs):
+        if c.repeated_seeds:
+            notes.append(f"{c.model} {c.label} {c.bits}: seed(s) {c.repeated_seeds} ran more than "
+                         "once; the statistics use the last run of each seed")
         stats = [fmt_stat(c.values(s, key).values(), 4 if key.startswith("ssim") else 3) for s in cols]
         t_cal, t_ft = c.seconds("calibrate"), c.seconds("finetune")
         seeds = ",".join(str(s) for s in sorted(c.seeds, key=lambda s: (s is None, s)))
         lines.append(f"| {c.model} | {c.method} | {c.bits} | {c.variant or '–'} | {seeds} | "
                      + " | ".join(stats)
                      + f" | {'–' if t_cal is None else f'{t_cal:.0f}'} | {'–' if t_ft is None else f'{t_ft:.0f}'} |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + [f"Note: {n}" for n in notes] if notes else lines)
 
 
 @dataclass(frozen=True)

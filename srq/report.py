@@ -152,11 +152,17 @@ def _per_image_psnr(run: dict, set_name: str, image: str) -> float | None:
 
 def saved_images(cs: list[Cell]) -> dict[tuple, dict[str, Path]]:
     """{(model, bits, set, image): {cell label: SR png of its first seed that saved it}}."""
+    from srq.data.benchmark import BENCHMARK_SETS
+
     out: dict[tuple, dict[str, Path]] = {}
     for c in _quantized(cs):
         for run in sorted(c.runs, key=lambda r: (r.get("seed") is None, r.get("seed"))):
             for png in sorted((Path(run["run_dir"]) / "sr").glob("*.png")):
-                set_name, _, image = png.stem.partition("_")
+                known = [s for s in BENCHMARK_SETS if png.stem.startswith(s + "_")]
+                if not known:  # a folder set or the val split: no HR to show beside it
+                    continue
+                set_name = max(known, key=len)
+                image = png.stem[len(set_name) + 1:]
                 out.setdefault((c.model, c.bits, set_name, image), {}).setdefault(c.label, png)
     return out
 

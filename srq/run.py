@@ -88,6 +88,10 @@ def validate_options(cfg: DictConfig) -> None:
         if set_name == VAL_SET and not val.enabled and _sweep_group() is not None:
             raise SrqError(f"optimized_metric={metric} needs the validation split; set "
                            "val.source=t91 (or optimized_metric=null)")
+        evaluated = cfg.data.get("sets") or [cfg.data.get("set_name", "folder")]
+        if set_name != VAL_SET and set_name not in evaluated:
+            raise SrqError(f"optimized_metric={metric}: this run evaluates {', '.join(evaluated)}, "
+                           f"not {set_name}; use optimized_metric=val/{key}")
         if set_name != VAL_SET:
             log.warning("optimized_metric=%s chooses on a test set; choose on val/%s (held-out "
                         "images) so that test numbers stay unbiased", metric, key)
@@ -103,12 +107,13 @@ def set_threads(cfg: DictConfig) -> int:
     if n is None:
         from hydra.core.hydra_config import HydraConfig
 
-        launcher = HydraConfig.get().get("launcher") if HydraConfig.initialized() else None
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+        launcher = HydraConfig.get().get("launcher") if multirun else None
         target = str((launcher or {}).get("_target_", ""))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         if "joblib" in target:
             jobs = int(launcher.get("n_jobs") or -1)
-            jobs = cores if jobs < 0 else jobs
+            jobs = max(1, cores + 1 + jobs) if jobs < 0 else jobs  # joblib: -1 all, -2 all but one
             n = max(1, cores // max(1, jobs))
         elif "submitit" in target and launcher.get("cpus_per_task"):
             n = int(launcher.cpus_per_task)
@@ -200,8 +205,7 @@ def run(cfg: DictConfig) -> dict:
         method_cfg.require_bits("e.g. bits=w8a8")
         data = draw_calibration(method_cfg, spec.scale)
         check_disjoint(_patch_sources(data.all_sets()), sets)
-    patch = (method_cfg.calib if quantizing else cfg.calib).patch_size
-    val = held_out_validation(cfg, spec.scale, int(patch) * spec.scale, calibration_hashes(data), sets)
+    val = held_out_validation(cfg, spec.scale, calibration_hashes(data), sets)
     config = _plain(cfg)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -324,8 +328,7 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
             s.pairs = s.pairs[: cfg.eval.limit_images]
     info = header.get("info") or {}
     calib_info = info.get("calibration") or {}
-    val = held_out_validation(cfg, spec.scale, int(calib_info.get("patch_size", 64)) * spec.scale,
-                              _redrawn_t91_hashes(calib_info, spec.scale), sets)
+    val = held_out_validation(cfg, spec.scale, _redrawn_t91_hashes(calib_info, spec.scale), sets)
     config = _plain(cfg)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     loggers = make_loggers(cfg.logger, run_dir, run_dir.name, _sweep_group(), config)
@@ -433,14 +436,14 @@ def _redrawn_t91_hashes(calib_info: dict, scale: int) -> set[str]:
     return calibration_hashes(data)
 
 
-def held_out_validation(cfg: DictConfig, scale: int, patch_crop: int, exclude: set[str], sets):
+def held_out_validation(cfg: DictConfig, scale: int, exclude: set[str], sets):
     """The run's ``val`` split (None when ``val.source=null``), checked against the test sets."""
     from srq.data.images import file_pixel_hash
 
     vcfg = validation_config(cfg.get("val"))
     if not vcfg.enabled:
         return None
-    val = validation_set(vcfg, scale, patch_crop, exclude)
+    val = validation_set(vcfg, scale, exclude)
     check_disjoint({file_pixel_hash(str(p.hr), p.hr.stat().st_mtime_ns): f"val image {p.name}"
                     for p in val.pairs}, sets)
     return val
@@ -522,7 +525,8 @@ def _fp_reference(teacher, sets, cfg):
     from srq.lit.fp_cache import cached_reference
 
     options = {"tile": cfg.eval.tile, "tile_overlap": cfg.eval.tile_overlap,
-               "y_output": getattr(teacher, "color", "rgb")}
+               "y_output": getattr(teacher, "color", "rgb"),
+               "precision": str(cfg.trainer.get("precision", "32-true"))}
     key = OmegaConf.to_yaml(OmegaConf.create({
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True), "eval": options,

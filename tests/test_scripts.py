@@ -152,6 +152,13 @@ def test_collect_results_seeds_and_paired_comparison(tmp_path):
     assert lines[2] == "| imdn_x4 | 2dquant | w4a4 | – | 0,1,2 | 27.000 ± 0.100 (3) | 28.000 ± 0.300 (3) | 11 | 20 |"
     assert "| imdn_x4 | dobi | w4a4 | lr=0.01 | 0,1,2 |" in lines[3] and "27.800 ± 0.265 (3)" in lines[3]
     assert lines[4].startswith("| imdn_x4 | dobi | w4a4 | lr=0.1 | 0 | 19.000 (n=1) | 20.000 (n=1) |")
+    # a rerun of one seed is flagged, not averaged in twice
+    (tmp_path / "rerun").mkdir()
+    (tmp_path / "rerun" / "results.json").write_text(json.dumps(_seeded("dobi", 0, 20.0, 19.0, lr=0.1)))
+    again = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--seeds"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "Note: imdn_x4 dobi[lr=0.1] w4a4: seed(s) [0] ran more than once" in again
+    (tmp_path / "rerun" / "results.json").unlink()
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--compare", "2dquant",
                            "dobi[lr=0.01]"], capture_output=True, text=True, check=True)
     rows = proc.stdout.strip().splitlines()

@@ -25,16 +25,19 @@ def _folder(root, sizes):
 
 
 def test_split_skips_used_images_and_prefers_ones_too_small_for_a_patch(tmp_path):
-    # im0, im2 can give a 64-px HR patch; im1, im3, im4 cannot; im3 gave a patch (excluded)
-    folder = _folder(tmp_path / "pool", [(80, 90), (40, 50), (70, 64), (30, 30), (50, 40)])
+    # at ×1 the default patch is 64 px: im0, im2 can give one; im1, im3, im4 cannot; im3 gave a
+    # patch (excluded); im5 leaves under 11 px after the border crop (SSIM's window): never used
+    folder = _folder(tmp_path / "pool", [(80, 90), (40, 50), (70, 64), (30, 30), (50, 40), (12, 40)])
     used = {pixel_hash(read_image(folder / "im3.png"))}
     cfg = ValidationConfig(source="folder", folder=str(folder), num_images=3)
-    split = validation_set(cfg, scale=2, patch_crop=64, exclude=used)
+    split = validation_set(cfg, scale=1, exclude=used)
     assert [p.name for p in split.pairs] == ["im1", "im4", "im0"]
     name, lr, hr = split[0]
-    assert tuple(hr.shape) == (3, 40, 50) and tuple(lr.shape) == (3, 20, 25)
+    assert tuple(hr.shape) == (3, 40, 50) and tuple(lr.shape) == (3, 40, 50)
+    assert [p.name for p in validation_set(cfg, scale=2, exclude=used).pairs] == ["im0", "im1", "im2"]
+    assert tuple(validation_set(cfg, scale=2, exclude=used)[1][1].shape) == (3, 20, 25)
     with pytest.raises(SrqError, match="only 4 folder images"):
-        validation_set(ValidationConfig(source="folder", folder=str(folder), num_images=5), 2, 64, used)
+        validation_set(ValidationConfig(source="folder", folder=str(folder), num_images=5), 1, used)
 
 
 def test_every_run_reports_val(data_dir, tmp_path):
@@ -81,6 +84,7 @@ def test_every_run_reports_val(data_dir, tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["optimized_metric=val/psnr"], "optimized_metric=val/psnr"),
     (["val.source=div2k"], "val.source=div2k"),
+    (["optimized_metric=B100/psnr_y"], "evaluates Set5, not B100"),
 ])
 def test_bad_validation_options_fail_cleanly(data_dir, tmp_path, args, expected):
     proc = srq(["model=imdn_x4", "logger=none", *args], tmp_path)

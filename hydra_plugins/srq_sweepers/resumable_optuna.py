@@ -5,11 +5,13 @@ with ``hydra.sweep.dir=<the sweep dir>`` (its SQLite storage lies there) runs on
 trials still missing. Trials the kill left RUNNING are marked FAIL (their overrides are in
 the study; run them again by hand if needed), job numbers continue after the study's last
 trial (run dirs never collide), and a seeded sampler is reseeded with seed + trials so far
-(a resumed study does not repeat the startup trials it already ran).
+(a resumed study does not repeat the startup trials it already ran). Needs a fixed
+``study_name``; GridSampler studies keep the upstream behaviour (run ``n_trials`` again).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -30,8 +32,8 @@ if OptunaSweeper is not None:
             storage = impl.storage
             if isinstance(storage, str) and storage.startswith("sqlite:///"):
                 Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            if storage:
-                self._resume(impl)
+            if storage and not isinstance(impl.sampler, functools.partial):
+                self._resume(impl)  # GridSampler (a partial until sweep()): upstream behaviour
             return impl.sweep(arguments)
 
         @staticmethod
@@ -42,7 +44,7 @@ if OptunaSweeper is not None:
 
             try:
                 study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
-            except KeyError:  # a new study
+            except (KeyError, ValueError):  # a new study (or no study_name: upstream makes one)
                 return
             trials = study.get_trials(deepcopy=False)
             for trial in trials:

@@ -108,17 +108,36 @@ def _extract(archive: Path, member_dir: str, target: Path) -> int:
 
 def archive_folder(name: str) -> list[Path]:
     """The HR images of archive set ``name`` (mirror, cache, or download + verify + extract)."""
-    from srq.data.store import cache_dir, download, mirror_dir
+    from srq.data.store import cache_dir, mirror_dir
 
     spec = ARCHIVE_SETS[name]
     mirror = mirror_dir()
     if mirror is not None and (mirror / "benchmark" / name / "HR").is_dir():
         return list_images(mirror / "benchmark" / name / "HR")
     folder = cache_dir() / "benchmark" / name / "HR"
-    if (folder / _MARKER).is_file() and (folder / _MARKER).read_text().strip() == (spec.checksum or ""):
+    if _complete(folder, spec):
         return list_images(folder)
     if spec.url is None:
         raise SrqError(spec.how)
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / ".lock", "w") as lock:  # parallel jobs: one downloads, the rest wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _complete(folder, spec):
+            _download_and_extract(spec, folder)
+    return list_images(folder)
+
+
+def _complete(folder: Path, spec: ArchiveSet) -> bool:
+    marker = folder / _MARKER
+    return marker.is_file() and marker.read_text().strip() == (spec.checksum or "")
+
+
+def _download_and_extract(spec: ArchiveSet, folder: Path) -> None:
+    from srq.data.store import cache_dir, download
+
+    name = spec.name
     archive = cache_dir() / "archives" / Path(spec.url).name
     if not archive.is_file():
         download(spec.url, archive, None, name)
@@ -127,7 +146,6 @@ def archive_folder(name: str) -> list[Path]:
     except SrqError:
         archive.unlink(missing_ok=True)  # never keep a file that failed its check
         raise
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".extract."))
     try:
         n = _extract(archive, spec.member_dir, tmp / "HR")
@@ -139,4 +157,3 @@ def archive_folder(name: str) -> list[Path]:
         (tmp / "HR").rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return list_images(folder)

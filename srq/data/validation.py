@@ -3,9 +3,11 @@
 Every run reports ``val`` (Y-PSNR/SSIM on these images) beside its test metrics, and a
 sweep optimises it. The images come from the calibration pool (T91 by default, or any HR
 folder) minus every image that gave a calibration, fine-tuning or validation patch in
-this run (compared by decoded pixels). Candidates too small to give a patch at this
-scale (min side < patch·scale) come first, in file-name order, so that at ×4 the split is
-the same for every seed and method; then the remaining unused images in name order.
+this run (compared by decoded pixels). Candidates too small to give a default patch at this
+scale (min side < 64·scale, whatever patch size a method uses) come first, in file-name
+order, so that at ×4 the split is the same for every seed and method; then the remaining
+unused images in name order. Images whose border-cropped HR is under 11 px (the SSIM window)
+are never used.
 """
 
 from __future__ import annotations
@@ -52,19 +54,19 @@ def _pool(cfg: ValidationConfig) -> list[Path]:
     return list_images(cfg.folder)
 
 
-def validation_set(cfg: ValidationConfig, scale: int, patch_crop: int,
-                   exclude: set[str] = frozenset()) -> SRPairs:
-    """The ``val`` split as an :class:`SRPairs` named ``val``.
+DEFAULT_PATCH = 64  # LR px: the calib groups' default patch size
 
-    ``patch_crop``: the HR side of one calibration patch (patch_size·scale); ``exclude``:
-    pixel hashes (:func:`srq.data.images.pixel_hash`) of images that gave patches.
-    """
+
+def validation_set(cfg: ValidationConfig, scale: int, exclude: set[str] = frozenset()) -> SRPairs:
+    """The ``val`` split as an :class:`SRPairs` named ``val``; ``exclude``: pixel hashes
+    (:func:`srq.data.images.pixel_hash`) of images that gave patches."""
+    patch_crop = DEFAULT_PATCH * scale
     candidates = []
     for path in _pool(cfg):
         if file_pixel_hash(str(path), path.stat().st_mtime_ns) in exclude:
             continue
         h, w = read_image(path).shape[-2:]
-        if min(h, w) < 2 * scale:
+        if min(h - h % scale, w - w % scale) - 2 * scale < 11:
             continue
         candidates.append((min(h, w) >= patch_crop, path.name, path))
     if len(candidates) < cfg.num_images:

@@ -1,8 +1,8 @@
 """The FP reference of a sweep, computed once: the teacher's metrics on the evaluated images,
 kept on disk under ``<cache>/fp_reference/<key>.json`` (``SRQ_CACHE``, default ~/.cache/srq).
 
-key = sha256 of (the teacher's parameters and buffers, its class and scale, every evaluated
-image file's sha256 with its set and LR source, the evaluation options, the device type,
+key = sha256 of (the teacher's parameters and buffers, its classes' source files, its scale, every evaluated
+image file's sha256 with its set and LR source, the evaluation options (tiling, precision), the device type,
 srq's metric version). Any change to the weights, an image or an option gives a new key;
 a corrupt or partial cache file is recomputed, never trusted.
 """
@@ -37,12 +37,24 @@ def file_sha256(path: Path) -> str:
 
 
 def model_sha256(model: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer (name, shape, dtype, bytes), in state-dict order."""
+    """sha256 of every parameter and buffer (name, shape, dtype, bytes), in state-dict order,
+    and of the source files of every module class in the model (a changed forward is a new
+    reference)."""
+    import inspect
+
     digest = hashlib.sha256(type(model).__qualname__.encode())
     for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    sources = set()
+    for module in model.modules():
+        try:
+            sources.add(inspect.getsourcefile(type(module)))
+        except TypeError:
+            continue
+    for src in sorted(p for p in sources if p and not p.startswith(str(Path(torch.__file__).parent))):
+        digest.update(file_sha256(Path(src)).encode())
     return digest.hexdigest()
 
 
@@ -66,10 +78,10 @@ def cached_reference(teacher, sets, options: dict, compute, cache_root: Path | N
     if path.is_file():
         try:
             data = json.loads(path.read_text())
-            if data.get("key") == key:
+            if data.get("key") == key and isinstance(data["metrics"], dict) and isinstance(data["records"], list):
                 log.info("FP reference from the cache (%s)", path)
                 return data["metrics"], data["records"], True
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
         log.warning("FP reference cache file %s is unreadable; recomputing it", path)
     metrics, records = compute()
