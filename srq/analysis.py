@@ -81,6 +81,10 @@ class Cell:
                 out[r.get("seed")] = float(summary[key])
         return out
 
+    def val_images(self, seed) -> list | None:
+        run = next((r for r in reversed(self.runs) if r.get("seed") == seed), None)
+        return None if run is None else (run.get("val") or {}).get("images")
+
     def fp(self, set_name: str, key: str = "psnr_y") -> float | None:
         r = self.runs[0]
         summary = (r.get("val") or {}).get("fp") if set_name == "val" else r.get("fp_metrics", {}).get(set_name)
@@ -212,6 +216,8 @@ def paired(runs: list[dict], a: str, b: str, key: str = "psnr_y") -> list[Paired
             for s in sets:
                 va, vb = ca.values(s, key), cb.values(s, key)
                 common = sorted(set(va) & set(vb), key=lambda x: (x is None, x))
+                if s == "val":  # pair only runs scored on the same held-out images
+                    common = [k for k in common if ca.val_images(k) == cb.val_images(k)]
                 if common:
                     out.append(Paired(ca.model, ca.bits, s, ca.label, cb.label,
                                       tuple(va[k] - vb[k] for k in common), tuple(common)))
