@@ -34,7 +34,8 @@ def run_sweep(n_jobs: int, seeds: int, args: list[str], root: Path) -> dict:
     if n_jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root,  # not the repo: its srq/ lacks conf/
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"n_jobs={n_jobs} failed:\n{proc.stderr[-3000:]}")
