@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from srq.data.benchmark import ImagePair, SRPairs
-from srq.data.images import file_pixel_hash, list_images, read_image
+from srq.data.images import file_pixel_hash, list_images
 from srq.errors import SrqError
 
 VAL_SOURCES = ("t91", "folder")
@@ -65,7 +67,8 @@ def validation_set(cfg: ValidationConfig, scale: int, exclude: set[str] = frozen
     for path in _pool(cfg):
         if file_pixel_hash(str(path), path.stat().st_mtime_ns) in exclude:
             continue
-        h, w = read_image(path).shape[-2:]
+        with Image.open(path) as im:  # the header only: no decode for the size
+            w, h = im.size
         if min(h - h % scale, w - w % scale) - 2 * scale < 11:
             continue
         candidates.append((min(h, w) >= patch_crop, path.name, path))
