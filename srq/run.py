@@ -275,7 +275,7 @@ def evaluate_and_write(cfg: DictConfig, run_dir: Path, student, teacher, sets, v
         "device": str(next(student.parameters()).device), "warnings": warnings,
         # fine-tuned results depend on the intra-op thread count (reduction order), see RESULTS §9
         "torch_threads": torch.get_num_threads(),
-        "config": _plain(cfg), "git_commit": git_commit(), "seed": cfg.seed})
+        "config": _plain(cfg), "git_commit": git_commit(), "seed": fields.get("seed", cfg.seed)})
     write_csv_atomic(run_dir / "per_image.csv", records)
     write_json_atomic(run_dir / RESULTS, results)
     _log_tables(loggers, metrics, records, results["quantization_map"])
@@ -298,6 +298,7 @@ def write_artifact(student, run_dir: Path, cfg: DictConfig, method_cfg: MethodCo
     info = {k: v for k, v in result.info.items() if k != "quantization_map"}
     info["time_s"] = result.time_s
     info["torch_threads"] = torch.get_num_threads()
+    info["seed"] = cfg.seed
     if data is not None:
         info["calibration"] = {**data.describe(), **(info.get("calibration") or {})}
     header = save(student, path, {"name": cfg.method.name, "bits": cfg.bits.name,
@@ -347,6 +348,9 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
             "quantization_map": quantization_map(student),
             "calibration": info.get("calibration"), "finetune": info.get("finetune"),
             "artifact": artifact, "quantized_from": str(path),
+            # the seed that made the model (so re-evaluations group with their run by seed);
+            # files from before it was recorded: the calibration seed, else this run's
+            "seed": info.get("seed", calib_info.get("seed", cfg.seed)), "eval_seed": cfg.seed,
             "deployable": integer_report(student)["deployable"]})
         if cfg.get("export"):
             results = export_and_evaluate(cfg, run_dir, student, sets, results)

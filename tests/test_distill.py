@@ -221,3 +221,26 @@ def test_schedule_with_unknown_group_is_rejected():
     with pytest.raises(ValueError, match="unknown parameter groups"):
         DistillationModule(module.teacher, module.student, module.objective,
                            {"weight_bound": [nn.Parameter(torch.zeros(1))]}, [["bp"]])
+
+
+@pytest.mark.parametrize("bar_on", [True, False])
+def test_fitter_shows_one_tqdm_bar_whether_or_not_rich_is_installed(bar_on):
+    """Lightning defaults to RichProgressBar when `rich` is importable (the sweep extras bring
+    it) and shows a step-based run as "Epoch 0/-2"; the Fitter asks for tqdm, and a trainer
+    config with the bar off still trains."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from srq.lit.fit import Fitter
+
+    made = []
+
+    def factory(**kw):
+        made.append(L.Trainer(accelerator="cpu", enable_model_summary=False,
+                              enable_progress_bar=bar_on, **kw))
+        return made[-1]
+
+    module, loader = _setup()
+    info = Fitter(trainer=factory)(module, loader.dataset, None, batch_size=2, steps=2)
+    assert info["steps"] == 2 and len(made) == 1
+    bar = made[0].progress_bar_callback
+    assert isinstance(bar, TQDMProgressBar) if bar_on else bar is None

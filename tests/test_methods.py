@@ -81,12 +81,14 @@ def test_every_quantizing_run_writes_its_artifact_and_it_reevaluates_identically
         assert art["payload_mb"] == pytest.approx(res["model_size_mb"]["quantized"], abs=1e-4)
         assert abs(path.stat().st_size / 1e6 / res["model_size_mb"]["quantized"] - 1) < 0.10
     w4 = minmax_runs["w4a4"]
-    again = _run(tmp_path, f"quantized={w4['artifact']['path']}", "data=set5")
+    again = _run(tmp_path, f"quantized={w4['artifact']['path']}", "data=set5", "seed=7")
     assert again["metrics"]["Set5"]["psnr_y"] == pytest.approx(w4["metrics"]["Set5"]["psnr_y"], abs=1e-6)
     assert again["fp_metrics"] == w4["fp_metrics"]
     assert (again["model"], again["method"], again["bits"]) == ("imdn_x4", "minmax", "w4a4")
     assert again["quantization_map"] == w4["quantization_map"]
     assert again["quantized_from"] == w4["artifact"]["path"]
+    # grouped with the run that made the model: its seed, not the re-evaluation's
+    assert (again["seed"], again["eval_seed"]) == (w4["seed"], 7) and w4["seed"] != 7
     assert again["model_size_mb"] == w4["model_size_mb"]
     assert "imdn_x4_minmax_w4a4_set5" in again["config"]["paths"]["output_dir"]
 
