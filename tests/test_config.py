@@ -40,6 +40,11 @@ def test_every_option_composes(group):
             assert cfg.optimized_metric == "val/psnr_y"
             assert cfg.hydra.sweeper.storage.endswith("/optuna.db") and cfg.hydra.sweeper.params
             assert cfg.method.name == option.removesuffix("_optuna").replace("dqc", "2dquant")
+            # trial 0 is the method's current defaults: every searched key, at its default
+            (queued,) = cfg.hydra.sweeper.enqueue_trials
+            assert set(queued) == set(cfg.hydra.sweeper.params)
+            for key, value in queued.items():
+                assert OmegaConf.select(cfg, key) == value, (option, key)
         elif group != "experiment":  # experiments are @package _global_
             assert cfg[group] is not None
 

@@ -67,6 +67,14 @@ def test_optuna_study_is_killed_after_two_trials_and_resumes_to_four(data_dir, t
     # the fixed key stayed fixed, the searched ones were searched and differ across trials
     assert {r["config"]["method"]["dqc"]["iterations"] for r in runs} == {1}
     assert len({r["config"]["method"]["dqc"]["lr"] for r in runs}) == 4
+    # trial 0 is the enqueued defaults (hydra.sweeper.enqueue_trials), queued once per study
+    first_run = next(r for r in runs if Path(r["config"]["paths"]["output_dir"]).name.startswith("0_"))
+    dqc = first_run["config"]["method"]["dqc"]
+    assert (dqc["lr"], dqc["feat_weight"], dqc["batch_size"]) == (1e-2, 5.0, 4)
+    with sqlite3.connect(sweep / "optuna.db") as con:
+        queued = con.execute("select count(*) from trial_system_attributes "
+                             "where key = 'fixed_params'").fetchone()[0]
+    assert queued == 1
     best = (sweep / "optimization_results.yaml").read_text()
     assert f"best_value: {max(v for _, v in complete)}" in best
 

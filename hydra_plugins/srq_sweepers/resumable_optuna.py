@@ -7,15 +7,22 @@ the study; run them again by hand if needed), job numbers continue after the stu
 trial (run dirs never collide), and a seeded sampler is reseeded with seed + trials so far
 (a resumed study does not repeat the startup trials it already ran). Needs a fixed
 ``study_name``; GridSampler studies keep the upstream behaviour (run ``n_trials`` again).
+
+``hydra/sweeper=srq_optuna`` (this sweeper's config: Optuna's plus ``enqueue_trials``) runs
+the given parameter sets first — e.g. the method's current defaults, so the study's best can
+only be at least as good as them on the optimized metric. Each is enqueued once per study (a
+resumed study does not queue it again).
 """
 
-from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Dict, List
 
 try:
+    from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 except ImportError:  # the optuna sweeper is an extra: pip install "srq[sweep]"
     OptunaSweeper = None
@@ -24,8 +31,26 @@ log = logging.getLogger(__name__)
 
 if OptunaSweeper is not None:
 
+    from hydra.core.config_store import ConfigStore
+
+    @dataclass
+    class ResumableOptunaSweeperConf(OptunaSweeperConf):
+        _target_: str = "hydra_plugins.srq_sweepers.resumable_optuna.ResumableOptunaSweeper"
+        # parameter sets ({override key: value}) run as the study's first trials
+        enqueue_trials: List[Dict[str, Any]] = field(default_factory=list)
+
+    ConfigStore.instance().store(group="hydra/sweeper", name="srq_optuna",
+                                 node=ResumableOptunaSweeperConf, provider="srq")
+
     class ResumableOptunaSweeper(OptunaSweeper):
         """:class:`OptunaSweeper` with resumable studies (see the module docstring)."""
+
+        def __init__(self, *args, enqueue_trials=(), **kwargs):
+            super().__init__(*args, **kwargs)
+            from omegaconf import OmegaConf
+
+            self.enqueue_trials = [OmegaConf.to_container(p) if OmegaConf.is_config(p) else dict(p)
+                                   for p in enqueue_trials or ()]
 
         def sweep(self, arguments):
             impl = self.sweeper
@@ -34,7 +59,26 @@ if OptunaSweeper is not None:
                 Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
             if storage and not isinstance(impl.sampler, functools.partial):
                 self._resume(impl)  # GridSampler (a partial until sweep()): upstream behaviour
+            if self.enqueue_trials:
+                self._enqueue(impl, self.enqueue_trials)
             return impl.sweep(arguments)
+
+        @staticmethod
+        def _enqueue(impl, param_sets: list[dict]) -> None:
+            import optuna
+
+            if not impl.storage or not impl.study_name:
+                raise ValueError("hydra.sweeper.enqueue_trials needs hydra.sweeper.storage and "
+                                 "hydra.sweeper.study_name (the study is made before its first trial)")
+            study = optuna.create_study(study_name=impl.study_name, storage=impl.storage,
+                                        directions=impl._get_directions(), load_if_exists=True)
+            queued = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
+            for params in param_sets:
+                if params in queued:  # enqueued by an earlier run of this study
+                    continue
+                study.enqueue_trial(params)
+                log.info("queued trial %d: %s", len(queued), params)
+                queued.append(params)
 
         @staticmethod
         def _resume(impl) -> None:
