@@ -14,7 +14,6 @@ only be at least as good as them on the optimized metric. Each is enqueued once 
 resumed study does not queue it again).
 """
 
-
 import functools
 import logging
 from dataclasses import dataclass, field
