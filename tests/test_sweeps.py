@@ -126,3 +126,29 @@ def test_slurm_preset_becomes_an_sbatch_array_script(tmp_path):
     for line in ("#SBATCH --partition=gpu-a100", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --array=0-5%4"):
         assert line in text, (line, text)
+
+
+def test_resume_numbers_jobs_after_the_run_trials_when_a_queued_trial_waits(tmp_path):
+    """A study with 2 finished trials, 1 killed (RUNNING) and 1 queued (WAITING): resuming
+    marks the killed one FAIL, counts 2 complete, and gives the queued trial 3 job number 3."""
+    import optuna
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.srq_sweepers.resumable_optuna import ResumableOptunaSweeper
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for x in (1.0, 2.0):
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": x}, distributions={"x": optuna.distributions.UniformDistribution(0, 5)},
+            value=x))
+    study.ask()                      # left RUNNING, as by a kill
+    study.enqueue_trial({"x": 3.0})  # the defaults, queued but never started
+    impl = type("Impl", (), {})()
+    impl.study_name, impl.storage, impl.n_trials = "s", storage, 6
+    impl.config = OmegaConf.create({"hydra": {"sweeper": {"sampler": {"seed": 1}}}})
+    impl.sampler = optuna.samplers.TPESampler(seed=1)
+    ResumableOptunaSweeper._resume(impl)
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]
+    assert (impl.n_trials, impl.job_idx) == (4, 3)

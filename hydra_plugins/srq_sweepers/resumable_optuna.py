@@ -98,7 +98,8 @@ if OptunaSweeper is not None:
             done = sum(t.state == TrialState.COMPLETE for t in trials)
             wanted = impl.n_trials
             impl.n_trials = max(0, wanted - done)
-            impl.job_idx = len(trials)
+            # job numbers = trial numbers: queued (WAITING) trials are asked first, in order
+            impl.job_idx = sum(t.state != TrialState.WAITING for t in trials)
             seed = impl.config.hydra.sweeper.sampler.get("seed")
             sampler = impl.sampler
             if seed is not None and hasattr(sampler, "_rng"):
