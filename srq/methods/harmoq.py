@@ -240,7 +240,8 @@ def refine(fp, student, cfg: HarmoQConfig, train, val, batches, linears, blocks,
             probe = DistillationModule(fp, student, WeightedSum({"bal": (1.0, balance)}),
                                        {"b": [p for _, q in quantizers(student)
                                               for p in q.learnable().values()]}, [["b"]])
-            _, _, fs, ft_ = probe._forward_pair(batches[0])
+            with torch.no_grad():  # no graph: taps of every linear input of a whole batch
+                _, _, fs, ft_ = probe._forward_pair(batches[0])
             ratios = balance.ratios(fs, ft_)
             balance.targets = ratios
             student.requires_grad_(False)
