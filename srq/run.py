@@ -348,7 +348,7 @@ def run_artifact(cfg: DictConfig, run_dir: Path) -> dict:
             "quantization_map": quantization_map(student),
             "calibration": info.get("calibration"), "finetune": info.get("finetune"),
             "artifact": artifact, "quantized_from": str(path),
-            # the seed that made the model (so re-evaluations group with their run by seed);
+            # the seed that made the model (so re-evaluations pair with their run by seed);
             # files from before it was recorded: the calibration seed, else this run's
             "seed": info.get("seed", calib_info.get("seed", cfg.seed)), "eval_seed": cfg.seed,
             "deployable": integer_report(student)["deployable"]})

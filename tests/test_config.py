@@ -40,11 +40,16 @@ def test_every_option_composes(group):
             assert cfg.optimized_metric == "val/psnr_y"
             assert cfg.hydra.sweeper.storage.endswith("/optuna.db") and cfg.hydra.sweeper.params
             assert cfg.method.name == option.removesuffix("_optuna").replace("dqc", "2dquant")
-            # trial 0 is the method's current defaults: every searched key, at its default
-            (queued,) = cfg.hydra.sweeper.enqueue_trials
-            assert set(queued) == set(cfg.hydra.sweeper.params)
+            # trial 0 is the composed method's values: every searched key, inside its range
+            from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+            (queued,) = OmegaConf.to_container(cfg.hydra.sweeper.enqueue_trials, resolve=True)
+            space, _ = create_params_from_overrides(
+                [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+            assert set(queued) == set(space)
             for key, value in queued.items():
-                assert OmegaConf.select(cfg, key) == value, (option, key)
+                assert value == OmegaConf.select(cfg, key), (option, key)
+                assert space[key]._contains(space[key].to_internal_repr(value)), (option, key, value)
         elif group != "experiment":  # experiments are @package _global_
             assert cfg[group] is not None
 

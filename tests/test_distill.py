@@ -226,17 +226,19 @@ def test_schedule_with_unknown_group_is_rejected():
 @pytest.mark.parametrize("bar_on", [True, False])
 def test_fitter_shows_one_tqdm_bar_whether_or_not_rich_is_installed(bar_on):
     """Lightning defaults to RichProgressBar when `rich` is importable (the sweep extras bring
-    it) and shows a step-based run as "Epoch 0/-2"; the Fitter asks for tqdm, and a trainer
-    config with the bar off still trains."""
+    it) and shows a step-based run as "Epoch 0/-2"; the Fitter swaps in tqdm, and a trainer
+    config with the bar off (built as the app builds it, through Hydra) still trains."""
+    import hydra
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     from srq.lit.fit import Fitter
 
     made = []
+    config = {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu",
+              "enable_model_summary": False, "enable_progress_bar": bar_on}
 
     def factory(**kw):
-        made.append(L.Trainer(accelerator="cpu", enable_model_summary=False,
-                              enable_progress_bar=bar_on, **kw))
+        made.append(hydra.utils.instantiate(config, **kw))
         return made[-1]
 
     module, loader = _setup()

@@ -146,9 +146,24 @@ def test_resume_numbers_jobs_after_the_run_trials_when_a_queued_trial_waits(tmp_
     study.enqueue_trial({"x": 3.0})  # the defaults, queued but never started
     impl = type("Impl", (), {})()
     impl.study_name, impl.storage, impl.n_trials = "s", storage, 6
-    impl.config = OmegaConf.create({"hydra": {"sweeper": {"sampler": {"seed": 1}}}})
+    impl.config = OmegaConf.create({"hydra": {"sweeper": {"sampler": {"seed": 1}},
+                                              "sweep": {"dir": str(tmp_path)}}})
     impl.sampler = optuna.samplers.TPESampler(seed=1)
+    impl._get_directions = lambda: [optuna.study.StudyDirection.MAXIMIZE]
     ResumableOptunaSweeper._resume(impl)
     states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]
     assert (impl.n_trials, impl.job_idx) == (4, 3)
+    # queuing the same defaults again adds nothing; queuing them after their trial failed does
+    ResumableOptunaSweeper._enqueue(impl, [{"x": 3.0}])
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 4
+    waiting = optuna.load_study(study_name="s", storage=storage).trials[3]
+    optuna.load_study(study_name="s", storage=storage)._storage.set_trial_state(
+        waiting._trial_id, optuna.trial.TrialState.FAIL)
+    ResumableOptunaSweeper._enqueue(impl, [{"x": 3.0}])
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL", "WAITING"]
+    # a run dir numbered past the study (an older version's numbering) moves the next job on
+    (tmp_path / "7_imdn_x4_2dquant_w4a4_set5").mkdir()
+    ResumableOptunaSweeper._resume(impl)
+    assert impl.job_idx == 8

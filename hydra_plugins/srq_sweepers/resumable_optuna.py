@@ -4,14 +4,15 @@
 with ``hydra.sweep.dir=<the sweep dir>`` (its SQLite storage lies there) runs only the
 trials still missing. Trials the kill left RUNNING are marked FAIL (their overrides are in
 the study; run them again by hand if needed), job numbers continue after the study's last
-trial (run dirs never collide), and a seeded sampler is reseeded with seed + trials so far
-(a resumed study does not repeat the startup trials it already ran). Needs a fixed
-``study_name``; GridSampler studies keep the upstream behaviour (run ``n_trials`` again).
+trial and after the run dirs already there (run dirs never collide), and a seeded sampler is
+reseeded with seed + trials so far (a resumed study does not repeat its startup trials).
+Needs a fixed ``study_name``; GridSampler studies keep the upstream behaviour (run
+``n_trials`` again).
 
 ``hydra/sweeper=srq_optuna`` (this sweeper's config: Optuna's plus ``enqueue_trials``) runs
 the given parameter sets first — e.g. the method's current defaults, so the study's best can
 only be at least as good as them on the optimized metric. Each is enqueued once per study (a
-resumed study does not queue it again).
+resume queues it again only when that trial failed or was killed); grid sweeps ignore it.
 """
 
 import functools
@@ -27,6 +28,17 @@ except ImportError:  # the optuna sweeper is an extra: pip install "srq[sweep]"
     OptunaSweeper = None
 
 log = logging.getLogger(__name__)
+
+
+def _next_job_number(config) -> int:
+    """1 + the largest ``<n>_…`` run dir in the sweep dir (0 when there is none)."""
+    try:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+    except (AttributeError, KeyError):  # no sweep dir in the config
+        return 0
+    numbers = [int(p.name.split("_", 1)[0]) for p in sweep_dir.glob("*_*")
+               if p.is_dir() and p.name.split("_", 1)[0].isdigit()]
+    return max(numbers, default=-1) + 1
 
 if OptunaSweeper is not None:
 
@@ -48,32 +60,38 @@ if OptunaSweeper is not None:
             super().__init__(*args, **kwargs)
             from omegaconf import OmegaConf
 
-            self.enqueue_trials = [OmegaConf.to_container(p) if OmegaConf.is_config(p) else dict(p)
-                                   for p in enqueue_trials or ()]
+            self.enqueue_trials = [OmegaConf.to_container(p, resolve=True) if OmegaConf.is_config(p)
+                                   else dict(p) for p in enqueue_trials or ()]
 
         def sweep(self, arguments):
             impl = self.sweeper
             storage = impl.storage
             if isinstance(storage, str) and storage.startswith("sqlite:///"):
                 Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            if storage and not isinstance(impl.sampler, functools.partial):
-                self._resume(impl)  # GridSampler (a partial until sweep()): upstream behaviour
-            if self.enqueue_trials:
+            grid = isinstance(impl.sampler, functools.partial)  # GridSampler, until sweep()
+            if storage and not grid:
+                self._resume(impl)  # GridSampler: upstream behaviour
+            if self.enqueue_trials and grid:
+                log.warning("hydra.sweeper.enqueue_trials ignored: a grid sweep runs every point")
+            elif self.enqueue_trials:
                 self._enqueue(impl, self.enqueue_trials)
             return impl.sweep(arguments)
 
         @staticmethod
         def _enqueue(impl, param_sets: list[dict]) -> None:
             import optuna
+            from optuna.trial import TrialState
 
             if not impl.storage or not impl.study_name:
                 raise ValueError("hydra.sweeper.enqueue_trials needs hydra.sweeper.storage and "
                                  "hydra.sweeper.study_name (the study is made before its first trial)")
             study = optuna.create_study(study_name=impl.study_name, storage=impl.storage,
                                         directions=impl._get_directions(), load_if_exists=True)
-            queued = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
+            # queued by an earlier run of this study, unless that trial failed or was killed
+            queued = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)
+                      if t.state != TrialState.FAIL]
             for params in param_sets:
-                if params in queued:  # enqueued by an earlier run of this study
+                if params in queued:
                     continue
                 study.enqueue_trial(params)
                 log.info("queued trial %d: %s", len(queued), params)
@@ -98,8 +116,10 @@ if OptunaSweeper is not None:
             done = sum(t.state == TrialState.COMPLETE for t in trials)
             wanted = impl.n_trials
             impl.n_trials = max(0, wanted - done)
-            # job numbers = trial numbers: queued (WAITING) trials are asked first, in order
-            impl.job_idx = sum(t.state != TrialState.WAITING for t in trials)
+            # job numbers = trial numbers (queued WAITING trials are asked first, in order), and
+            # after every run dir already in the sweep dir (studies numbered by older versions)
+            impl.job_idx = max(sum(t.state != TrialState.WAITING for t in trials),
+                               _next_job_number(impl.config))
             seed = impl.config.hydra.sweeper.sampler.get("seed")
             sampler = impl.sampler
             if seed is not None and hasattr(sampler, "_rng"):

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from torch.utils.data import DataLoader
 
 from srq.errors import SrqError
@@ -55,19 +54,16 @@ class Fitter:
         if self.trainer is default_trainer:  # train where the model is
             device = next(module.student.parameters()).device
             options["accelerator"] = "gpu" if device.type == "cuda" else "cpu"
-        common = dict(**options, **length, logger=self.loggers or False, enable_checkpointing=False,
-                      log_every_n_steps=max(1, min(10, len(loader))), num_sanity_val_steps=0,
-                      limit_val_batches=1.0 if val_loader is not None else 0)
         callbacks = [*callbacks, *([checkpoint] if checkpoint else [])]
-        # one progress bar whether or not `rich` is installed (Lightning picks RichProgressBar
-        # when it is, which shows step-based runs as "Epoch 0/-2")
-        bar = [] if any(isinstance(c, ProgressBar) for c in callbacks) else [TQDMProgressBar()]
-        try:
-            trainer = self.trainer(**common, callbacks=[*callbacks, *bar])
-        except MisconfigurationException as exc:  # the trainer config turned the bar off
-            if not bar or "enable_progress_bar" not in str(exc):
-                raise
-            trainer = self.trainer(**common, callbacks=callbacks)
+        trainer = self.trainer(
+            **options, **length, logger=self.loggers or False, callbacks=callbacks,
+            enable_checkpointing=False, log_every_n_steps=max(1, min(10, len(loader))),
+            num_sanity_val_steps=0, limit_val_batches=1.0 if val_loader is not None else 0)
+        # one progress bar whether or not `rich` is installed: Lightning picks RichProgressBar
+        # when it is, which shows step-based runs as "Epoch 0/-2"; a bar the caller chose stays
+        for i, c in enumerate(trainer.callbacks):
+            if isinstance(c, RichProgressBar) and not any(c is mine for mine in callbacks):
+                trainer.callbacks[i] = TQDMProgressBar()
         try:
             trainer.fit(module, loader, val_loader, ckpt_path=self.resume)
         except FloatingPointError as exc:
