@@ -4,9 +4,9 @@ and ORT's own ``quantize_static`` on the same model and calibration patches → 
     python scripts/bench_deploy.py --models imdn_x4 pan_x4 imdtn_x4 --out bench/deploy.json
 
 Per model: quantize with ``--method`` at ``--bits`` (srq's calibration patches, seed 0), export
-FP and quantized ONNX, run ``quantize_static`` (QDQ, per-channel int8 weights, uint8
-activations, MinMax calibration) fed the same LR patches. Y-PSNR on ``--set`` through srq's
-evaluator for every runtime; latency = median of ``--repeats`` timed runs (after one warm-up)
+FP and quantized ONNX, run ``quantize_static`` (QDQ, per-channel uint8 weights, uint8
+activations, MinMax calibration; u8×u8 like srq's export, as u8×s8 saturates on CPUs without
+VNNI) fed the same LR patches. Y-PSNR on ``--set`` through srq's evaluator for every runtime; latency = median of ``--repeats`` timed runs (after one warm-up)
 on a fixed random LR input of each ``--sizes`` at each ``--threads``. Rows:
 ``{model, runtime, bits, lr_size, threads, median_ms, psnr_y, file_mb}``.
 """
@@ -54,7 +54,7 @@ def quantize_static_model(fp_onnx: Path, out: Path, calib: torch.Tensor) -> Path
 
     quantize_static(str(fp_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                    weight_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax)
     return out
 
 

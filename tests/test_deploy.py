@@ -108,21 +108,29 @@ def test_onnx_export_equals_fake_quant(build, tmp_path):
         assert (fused(x) - q(x)).abs().mean().item() < 1e-3
 
 
+def _constants(graph) -> dict:
+    """Every constant tensor of an ONNX graph by name: initializers, Constant nodes, Identity
+    of either."""
+    from onnx import numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        if node.op_type == "Identity" and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]]
+    return consts
+
+
 def _qdq_nodes_exact(path, x, n_act):
     """Every QuantizeLinear → DequantizeLinear pair, fed ORT's own input, gives
     Δ·(clip(⌊x/Δ⌉ + z, r_min, r_max) − z) with the Clip bounds folded in — i.e. the graph holds
     the calibrated Δ, z and code range of each activation quantizer."""
     import onnx
     import onnxruntime
-    from onnx import numpy_helper
 
     graph = onnx.load(path)
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
-    for node in graph.graph.node:
-        if node.op_type == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        if node.op_type == "Identity" and node.input[0] in consts:
-            consts[node.output[0]] = consts[node.input[0]]
+    consts = _constants(graph.graph)
     producer = {o: n for n in graph.graph.node for o in n.output}
     dq_of = {n.input[0]: n for n in graph.graph.node if n.op_type == "DequantizeLinear"}
     pairs = [(n, dq_of[n.output[0]]) for n in graph.graph.node if n.op_type == "QuantizeLinear"]
@@ -151,14 +159,21 @@ def _qdq_nodes_exact(path, x, n_act):
 
 def test_weights_are_stored_as_integer_codes_within_their_bit_range(tmp_path):
     import onnx
-    from onnx import numpy_helper
 
     q = quantized(small_cnn(), bits="w4a8")
     path = export_onnx(q, tmp_path / "m.onnx")["path"]
-    codes = [numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer
-             if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
-    assert len(codes) == 5
-    assert all(c.min() >= -7 and c.max() <= 7 for c in codes)  # narrow 4-bit: [−7, 7]
+    graph = onnx.load(path).graph
+    # every integer tensor is uint8 (u8×u8 kernels: exact on CPUs without VNNI, see srq.deploy)
+    assert not any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+    tensors = _constants(graph)
+    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in tensors
+                 and tensors[n.input[0]].ndim > 1]
+    assert len(weight_dq) == 5
+    for n in weight_dq:  # signed narrow 4-bit codes r − z in [−7, 7], stored as r + 128
+        assert tensors[n.input[0]].dtype == np.uint8
+        codes, zp = tensors[n.input[0]].astype(int), tensors[n.input[2]].astype(int)
+        assert (zp == 128).all()
+        assert codes.min() - 128 >= -7 and codes.max() - 128 <= 7
     x = torch.rand(1, 3, 10, 10, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (OrtModel(path, scale=2, optimize=False)(x) - q(x)).abs().max() < 1e-5
