@@ -94,7 +94,7 @@ if OptunaSweeper is not None:
                 if params in queued:
                     continue
                 study.enqueue_trial(params)
-                log.info("queued trial %d: %s", len(queued), params)
+                log.info("queued: %s", params)
                 queued.append(params)
 
         @staticmethod
