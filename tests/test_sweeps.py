@@ -30,6 +30,14 @@ def _trials(db: Path) -> list[tuple[int, str, float | None]]:
                            "trial_values v on v.trial_id = t.trial_id order by t.number").fetchall()
 
 
+def _n_complete(db: Path) -> int:
+    """COMPLETE trials in a study being written by another process (0 while unreadable)."""
+    try:
+        return sum(state == "COMPLETE" for _, state, _ in _trials(db)) if db.exists() else 0
+    except sqlite3.OperationalError:  # not created yet, or locked by the writer
+        return 0
+
+
 def _results(sweep: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
 
@@ -42,7 +50,9 @@ def test_optuna_study_is_killed_after_two_trials_and_resumes_to_four(data_dir, t
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 600
-    while len(list(sweep.glob("*/results.json"))) < 2 and proc.poll() is None:
+    # wait for the study to record 2 trials (a run's results.json is written before its trial
+    # is told to the study: killing between the two would leave 1 COMPLETE)
+    while _n_complete(sweep / "optuna.db") < 2 and proc.poll() is None:
         assert time.time() < deadline, "two trials took over 10 minutes"
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # as a scheduler's kill or a lost ssh session would
