@@ -6,8 +6,9 @@ and ORT's own ``quantize_static`` on the same model and calibration patches → 
 Per model: quantize with ``--method`` at ``--bits`` (srq's calibration patches, seed 0), export
 FP and quantized ONNX, run ``quantize_static`` (QDQ, per-channel uint8 weights, uint8
 activations, MinMax calibration; u8×u8 like srq's export, as u8×s8 saturates on CPUs without
-VNNI) fed the same LR patches. Y-PSNR on ``--set`` through srq's evaluator for every runtime; latency = median of ``--repeats`` timed runs (after one warm-up)
-on a fixed random LR input of each ``--sizes`` at each ``--threads``. Rows:
+VNNI) fed the same LR patches. Y-PSNR on ``--set`` through srq's evaluator for every runtime;
+latency = median of ``--repeats`` timed runs (after one warm-up) on a fixed random LR input of
+each ``--sizes`` at each ``--threads``. Rows:
 ``{model, runtime, bits, lr_size, threads, median_ms, psnr_y, file_mb}``.
 """
 
