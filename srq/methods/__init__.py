@@ -42,12 +42,13 @@ def _registry() -> dict[type, Callable]:
     from srq.methods.dobi import DOBIConfig, dobi_ptq
     from srq.methods.dqc import TwoDQuantConfig, twodquant
     from srq.methods.harmoq import HarmoQConfig, harmoq
+    from srq.methods.lowbit import LowBitConfig, lowbit
     from srq.methods.outlier import OutlierConfig, outlier_ptq
     from srq.methods.uniform import UniformConfig, uniform_ptq
 
     return {FPConfig: full_precision, UniformConfig: uniform_ptq, CoreAIConfig: coreai_flow,
             OutlierConfig: outlier_ptq, DOBIConfig: dobi_ptq, TwoDQuantConfig: twodquant,
-            HarmoQConfig: harmoq}
+            HarmoQConfig: harmoq, LowBitConfig: lowbit}
 
 
 def method_function(cfg: MethodConfig) -> Callable:

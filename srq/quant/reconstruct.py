@@ -1,0 +1,263 @@
+"""Block reconstruction (BRECQ, with QDrop's random dropping; METHODS.md §10.2).
+
+Units — the given blocks, plus every quantized module outside them on its own — are
+reconstructed one by one in execution order. For each unit, with inputs x̂ from the already
+reconstructed quantized model and targets y = f_FP(x) from the FP model:
+
+    min_{V, l, u}  E ‖f_q(x̃; W̃(V), l, u) − y‖² + λ Σ (1 − |2h(V) − 1|^β),
+
+‖·‖² summed over channels (dim 1) and averaged over the rest, W̃ the AdaRound weights
+(:mod:`srq.quant.adaround`), (l, u) the unit's activation bounds (LSQ-style, straight-through),
+β annealed 20 → 2 after a warm-up without the regulariser. QDrop: x̃ takes each element of
+x (FP) with probability p, else of x̂, and every activation quantizer inside the unit passes
+each element through unquantized with probability p; p = 0 is plain BRECQ. Afterwards the
+rounding is hardened, so every weight sits on its quantizer's grid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from srq.quant.adaround import AdaRoundWeight, beta_schedule
+from srq.quant.api import execution_order, wrapped_modules
+from srq.quant.modules import QuantModule
+from srq.quant.quantizer import Quantizer
+
+
+@dataclass(frozen=True)
+class ReconstructionOptions:
+    """Budget and knobs of :func:`reconstruct`: ``iterations`` per unit on minibatches of
+    ``batch_size`` calibration samples; Adam at ``lr`` for V and ``act_lr`` (cosine to 0)
+    for activation bounds (0: bounds stay fixed); regulariser weight ``reg_weight``, β from
+    ``beta[0]`` to ``beta[1]`` after ``warmup`` of the iterations; QDrop probability
+    ``drop_prob``; ``learn_rounding`` False keeps round-to-nearest (bounds only); ``crop``:
+    each step takes one random ``crop``×``crop`` window of the minibatch's 4-D inputs (the
+    FP target recomputed on it) — cheaper steps, more positions; None: whole samples."""
+
+    iterations: int = 500
+    batch_size: int = 8
+    lr: float = 1e-3
+    act_lr: float = 4e-5
+    reg_weight: float = 0.01
+    beta: tuple[float, float] = (20.0, 2.0)
+    warmup: float = 0.2
+    drop_prob: float = 0.5
+    learn_rounding: bool = True
+    crop: int | None = 32
+    seed: int = 0
+
+
+class _Stop(Exception):
+    pass
+
+
+def reconstruction_units(model: nn.Module, blocks: list[str], example: torch.Tensor) -> list[str]:
+    """``blocks`` that hold quantized modules, plus each quantized module outside every block,
+    in execution order on ``example``."""
+    wrapped = [n for n, _ in wrapped_modules(model)]
+    inside = lambda n, b: n == b or n.startswith(b + ".")  # noqa: E731
+    units = [b for b in blocks if any(inside(n, b) for n in wrapped)]
+    units += [n for n in wrapped if not any(inside(n, b) for b in blocks)]
+    return execution_order(model, example, units)
+
+
+def _capture(model: nn.Module, name: str, batches, output: bool):
+    """Per batch: (args, kwargs[, output]) of module ``name``, the forward stopped there."""
+    module = dict(model.named_modules())[name]
+    records = []
+
+    def hook(mod, args, kwargs, out=None):
+        detach = lambda v: v.detach() if isinstance(v, torch.Tensor) else v  # noqa: E731
+        rec = (tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()})
+        records.append(rec + ((detach(out),) if output else ()))
+        raise _Stop
+
+    handle = (module.register_forward_hook(hook, with_kwargs=True) if output
+              else module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(batch)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    return records
+
+
+def _stack(records, index: int):
+    """Concatenate field ``index`` (args tuple, kwargs dict or output) over batches."""
+    first = records[0][index]
+    cat = lambda vals: (torch.cat(vals) if isinstance(vals[0], torch.Tensor)  # noqa: E731
+                        and vals[0].dim() > 0 and len(records) > 1 else vals[0])
+    if isinstance(first, tuple):
+        return tuple(cat([r[index][i] for r in records]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: cat([r[index][k] for r in records]) for k in first}
+    return cat([r[index] for r in records])
+
+
+def _take(value, idx, count: int):
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == count:
+        return value[idx]
+    return value
+
+
+def _squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖out − y‖² summed over dim 1 (channels), averaged over the other dims."""
+    diff = (out - target).pow(2)
+    return diff.sum(1).mean() if diff.dim() > 1 else diff.mean()
+
+
+def _drop_hook(p: float, generator: torch.Generator):
+    def hook(mod, args, out):
+        keep_fp = torch.rand(out.shape, generator=generator, device=out.device) < p
+        return torch.where(keep_fp, args[0], out)
+    return hook
+
+
+def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor],
+                units: list[str], options: ReconstructionOptions = ReconstructionOptions(),
+                progress: bool = True) -> list[dict]:
+    """Reconstruct ``student`` (quantized, calibrated, not frozen) unit by unit against
+    ``teacher`` (its FP original; never modified) on ``batches``; returns one record per unit
+    (its name, quantized modules, first/last minibatch loss, share of flipped roundings,
+    seconds)."""
+    from tqdm.auto import tqdm
+
+    o = options
+    generator = torch.Generator(device=batches[0].device).manual_seed(int(o.seed))
+    modules, fp_modules = dict(student.named_modules()), dict(teacher.named_modules())
+    records = []
+    frozen = [p for p in student.parameters() if p.requires_grad]
+    for p in frozen:  # only V and the unit's bounds train
+        p.requires_grad_(False)
+    try:
+        bar = tqdm(units, desc="reconstruct", unit="block", disable=not progress, leave=False)
+        for name in bar:
+            records.append(_reconstruct_unit(name, modules[name], fp_modules[name], student, teacher,
+                                             batches, o, generator))
+            bar.set_postfix(loss=f"{records[-1]['loss_last']:.3g}")
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return records
+
+
+def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generator) -> dict:
+    """Reconstruct one unit; its record."""
+    start = time.perf_counter()
+    fp = _capture(teacher, name, batches, output=True)
+    q = _capture(student, name, batches, output=False)
+    fp_args, fp_kwargs, target = _stack(fp, 0), _stack(fp, 1), _stack(fp, 2)
+    q_args, q_kwargs = _stack(q, 0), _stack(q, 1)
+    count = target.shape[0]
+    members = [m for _, m in wrapped_modules(unit)]
+    rounding = {}
+    if o.learn_rounding:
+        for m in members:
+            if isinstance(m, QuantModule) and m.weight_quantizer is not None and not m.frozen:
+                rounding[m] = (m.weight_quantizer, AdaRoundWeight(m.weight_quantizer, m.module.weight))
+                m.weight_quantizer = rounding[m][1]
+    act_quantizers = activation_quantizers(members)
+    act = [p for qz in act_quantizers for p in qz.learnable().values()] if o.act_lr > 0 else []
+    for p in act:
+        p.requires_grad_(True)
+    handles = [qz.register_forward_hook(_drop_hook(o.drop_prob, generator))
+               for qz in act_quantizers] if o.drop_prob > 0 else []
+    opts = []
+    if rounding:
+        opts.append(torch.optim.Adam([a.V for _, a in rounding.values()], lr=o.lr))
+    if act:
+        act_opt = torch.optim.Adam(act, lr=o.act_lr)
+        opts.append(act_opt)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(act_opt, T_max=max(int(o.iterations), 1))
+    first = last = math.nan
+    try:
+        for step in range(int(o.iterations) if opts else 0):
+            idx = torch.randint(count, (min(int(o.batch_size), count),), generator=generator,
+                                device=target.device)
+            window = _window(q_args, o.crop, generator)
+            q_in = [_crop(_take(a, idx, count), window) for a in q_args]
+            fp_in = [_crop(_take(f, idx, count), window) for f in fp_args]
+            kwargs = {k: _take(v, idx, count) for k, v in q_kwargs.items()}
+            if window is None:
+                y = target[idx]
+            else:
+                with torch.no_grad():
+                    y = fp_unit(*fp_in, **{k: _take(v, idx, count) for k, v in fp_kwargs.items()})
+            args = [_mix(a, f, o.drop_prob, generator) for a, f in zip(q_in, fp_in)]
+            loss = rec = _squared_error(unit(*args, **kwargs), y)
+            beta = beta_schedule(step, int(o.iterations), float(o.warmup), *map(float, o.beta))
+            if rounding and beta is not None and o.reg_weight > 0:
+                loss = loss + float(o.reg_weight) * sum(a.regularizer(beta) for _, a in rounding.values())
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            if act:
+                sched.step()
+                for qz in act_quantizers:
+                    qz.project_()
+            first = float(rec.detach()) if step == 0 else first
+            last = float(rec.detach())
+    finally:
+        for h in handles:
+            h.remove()
+        for p in act:
+            p.requires_grad_(False)
+        flipped = []
+        for m, (original, ada) in rounding.items():
+            ada.harden()
+            flipped.append(ada.flipped())
+            with torch.no_grad():
+                m.module.weight.copy_(ada())
+            m.weight_quantizer = original
+    return {"unit": name, "modules": len(members), "loss_first": first, "loss_last": last,
+            "flipped": round(sum(flipped) / len(flipped), 4) if flipped else 0.0,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def activation_quantizers(members) -> list[Quantizer]:
+    """The input / other-operand / output quantizers of wrapped modules (not their weights')."""
+    names = ("input_quantizer", "other_quantizer", "output_quantizer")
+    return [q for m in members for n in names if isinstance(q := getattr(m, n, None), Quantizer)]
+
+
+def _window(args, crop: int | None, generator: torch.Generator):
+    """(top, left, size) of a random crop of the 4-D inputs, or None (no crop: ``crop`` is None,
+    an input is not 4-D, or the inputs are no larger than the crop)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if crop is None or not tensors or any(t.dim() != 4 for t in tensors):
+        return None
+    h, w = tensors[0].shape[-2:]
+    if h <= crop and w <= crop:
+        return None
+    size = min(int(crop), h, w)
+    top = int(torch.randint(h - size + 1, (1,), generator=generator, device=tensors[0].device))
+    left = int(torch.randint(w - size + 1, (1,), generator=generator, device=tensors[0].device))
+    return top, left, size
+
+
+def _crop(value, window):
+    if window is None or not isinstance(value, torch.Tensor) or value.dim() != 4:
+        return value
+    top, left, size = window
+    return value[..., top:top + size, left:left + size]
+
+
+def _mix(q: torch.Tensor, fp: torch.Tensor, p: float, generator: torch.Generator):
+    """x̃: each element of ``fp`` with probability ``p``, else of ``q`` (QDrop)."""
+    if p <= 0 or not isinstance(q, torch.Tensor) or not q.is_floating_point() or q.shape != fp.shape:
+        return q
+    return torch.where(torch.rand(q.shape, generator=generator, device=q.device) < p, fp, q)
+
+
+__all__ = ["ReconstructionOptions", "reconstruct", "reconstruction_units"]

@@ -1,0 +1,189 @@
+"""Low-bit components (issue 16): learned rounding, block reconstruction, bias correction and
+``method=lowbit``, against torch's fake-quantize kernels and hand-computed values."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import srq
+from srq.quant import QuantFormat, QuantSpec, calibration_mode, freeze, quantize
+from srq.quant.adaround import AdaRoundWeight, beta_schedule, rectified_sigmoid, rounding_regularizer
+from srq.quant.bias_correction import correct_bias
+from srq.quant.modules import QuantConv2d
+from srq.quant.quantizer import UniformQuantizer
+from srq.quant.reconstruct import ReconstructionOptions, reconstruct, reconstruction_units
+
+
+class Block(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.b(torch.relu(self.a(x)))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(Block(), Block())
+        self.tail = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.tail(self.body(self.head(x)))
+
+
+def _calibrated(fp, w_bits, a_bits, x, layer_policy="all"):
+    student = copy.deepcopy(fp)
+    spec = QuantSpec(weight=QuantFormat(w_bits, "narrow", axis=0, observer="mse"),
+                     input=None if a_bits is None else QuantFormat(a_bits, "integer", observer="minmax"),
+                     layer_policy=layer_policy)
+    quantize(student, spec, example_input=x[:1])
+    with calibration_mode(student), torch.no_grad():
+        student(x)
+    return student
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.manual_seed(0)
+    return Net().eval(), torch.rand(16, 3, 16, 16)
+
+
+def test_adaround_starts_at_the_weight_and_hardens_to_torch_nearest_rounding():
+    torch.manual_seed(1)
+    w = torch.randn(6, 4, 3, 3)
+    q = UniformQuantizer(QuantFormat(4, "narrow", axis=0))
+    q.observer(w)
+    q.finish_calibration()
+    ada = AdaRoundWeight(q, w)
+    assert torch.allclose(ada(), w, atol=1e-6)  # minmax range: every weight inside, W̃ = W
+    ada.harden()
+    scale = q.hi.detach().flatten() / 7
+    expected = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(6, dtype=torch.int32),
+                                                      0, -7, 7)
+    assert torch.allclose(ada(), expected, atol=1e-6)
+    assert ada.flipped() == 0.0
+
+
+def test_adaround_on_an_asymmetric_grid_clamps_to_the_code_range():
+    torch.manual_seed(2)
+    w = torch.randn(200) * 2
+    q = UniformQuantizer(QuantFormat(3, "integer"))
+    q.set_bounds(torch.tensor(-1.0), torch.tensor(1.5))  # clips both tails
+    ada = AdaRoundWeight(q, w)
+    with torch.no_grad():
+        ada.V.fill_(10.0)  # every weight rounded up
+    ada.harden()
+    scale, zero = 2.5 / 7, round(1.0 / (2.5 / 7))
+    ref = torch.fake_quantize_per_tensor_affine(w, scale, zero, 0, 7)
+    up = scale * (torch.clamp(torch.floor(w / scale) + 1 + zero, 0, 7) - zero)
+    assert torch.allclose(ada(), up, atol=1e-6)
+    assert ada().min() >= ref.min() - 1e-6 and ada().max() <= ref.max() + 1e-6
+
+
+def test_rounding_regularizer_and_beta_schedule_by_hand():
+    h = torch.tensor([0.0, 1.0, 0.5, 0.75])
+    assert float(rounding_regularizer(h, 2.0)) == pytest.approx(0 + 0 + 1 + 0.75)
+    assert float(rectified_sigmoid(torch.tensor(0.0))) == pytest.approx(0.5)
+    assert float(rectified_sigmoid(torch.tensor(50.0))) == 1.0
+    assert beta_schedule(19, 100, 0.2) is None
+    assert beta_schedule(20, 100, 0.2) == pytest.approx(20.0)
+    assert beta_schedule(60, 100, 0.2) == pytest.approx(11.0)
+    assert beta_schedule(100, 100, 0.2) == pytest.approx(2.0)
+
+
+def test_units_are_blocks_plus_lone_layers_in_execution_order(toy):
+    fp, x = toy
+    student = _calibrated(fp, 4, 8, x)
+    assert reconstruction_units(student, ["body.1", "body.0"], x[:1]) == ["head", "body.0", "body.1", "tail"]
+    assert reconstruction_units(student, [], x[:1]) == ["head", "body.0.a", "body.0.b", "body.1.a",
+                                                        "body.1.b", "tail"]
+
+
+def _output_error(model, fp, x):
+    with torch.no_grad():
+        return float((model(x) - fp(x)).pow(2).mean())
+
+
+def test_learned_rounding_beats_nearest_and_ends_on_the_grid(toy):
+    fp, x = toy
+    before = {k: v.clone() for k, v in fp.state_dict().items()}
+    nearest = _calibrated(fp, 2, None, x)
+    learned = copy.deepcopy(nearest)
+    records = reconstruct(learned, fp, [x[:8], x[8:]], reconstruction_units(learned, ["body.0", "body.1"], x[:1]),
+                          ReconstructionOptions(iterations=150, batch_size=8, drop_prob=0.0, act_lr=0.0,
+                                                crop=None), progress=False)
+    assert [r["unit"] for r in records] == ["head", "body.0", "body.1", "tail"]
+    assert _output_error(learned, fp, x) < 0.8 * _output_error(nearest, fp, x)
+    assert any(r["flipped"] > 0 for r in records)
+    for name, m in learned.named_modules():
+        if isinstance(m, QuantConv2d):  # every weight already on its grid: quantizing is the identity
+            w = m.module.weight
+            assert torch.allclose(m.weight_quantizer(w), w, atol=1e-6), name
+    assert all(torch.equal(before[k], v) for k, v in fp.state_dict().items())  # the teacher is untouched
+
+
+def test_reconstruction_learns_activation_bounds_and_qdrop_keeps_fp_elements(toy):
+    fp, x = toy
+    student = _calibrated(fp, 4, 4, x)
+    bounds = {n: (m.input_quantizer.lo.clone(), m.input_quantizer.hi.clone())
+              for n, m in student.named_modules() if isinstance(m, QuantConv2d)}
+    reconstruct(student, fp, [x], ["body.0"], ReconstructionOptions(
+        iterations=20, batch_size=4, act_lr=1e-2, learn_rounding=False, crop=8), progress=False)
+    moved = [n for n, m in student.named_modules() if isinstance(m, QuantConv2d)
+             and not torch.equal(m.input_quantizer.hi, bounds[n][1])]
+    assert moved == ["body.0.a", "body.0.b"]  # only the reconstructed unit's bounds
+    assert not any(p.requires_grad for _, q in srq.quant.quantizers(student) for p in q.learnable().values())
+
+    from srq.quant.reconstruct import _drop_hook, _mix
+    g = torch.Generator().manual_seed(0)
+    q_in, fp_in = torch.zeros(10000), torch.ones(10000)
+    assert float(_mix(q_in, fp_in, 0.5, g).mean()) == pytest.approx(0.5, abs=0.03)
+    assert torch.equal(_mix(q_in, fp_in, 0.0, g), q_in)
+    assert torch.equal(_drop_hook(1.0, g)(None, (fp_in,), q_in), fp_in)
+
+
+def test_bias_correction_zeroes_every_layers_mean_channel_shift(toy):
+    fp, x = toy
+    student = _calibrated(fp, 2, 8, x)
+    info = correct_bias(student, fp, [x[:8], x[8:]])
+    assert info["layers"] == 6 and info["skipped"] == 0 and info["shift"] > 0
+    outs = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, n=(tag, name): outs.__setitem__(n, out))
+             for tag, model in (("fp", fp), ("q", student)) for name, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, QuantConv2d)) and not name.endswith(".module")]
+    with torch.no_grad():
+        fp(x), student(x)
+    for h in hooks:
+        h.remove()
+    names = [n for t, n in outs if t == "q"]
+    assert len(names) == 6
+    for name in names:
+        shift = (outs["fp", name] - outs["q", name]).mean((0, 2, 3))
+        assert shift.abs().max() < 1e-5, name
+
+
+def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy):
+    fp, x = toy
+    cfg = srq.config("lowbit", bits="w3a3", overrides=["method.reconstruction.iterations=10",
+                                                       "method.reconstruction.crop=8"])
+    assert cfg.reconstruction.drop_prob == 0.5 and cfg.bias_correction.enabled
+    q = srq.quantize(fp, cfg, calib=x, feature_blocks=["body.0", "body.1"])
+    info = q.srq_method["info"]
+    assert info["bias_correction"]["layers"] == 6
+    assert [r["unit"] for r in info["reconstruction"]["records"]] == ["head", "body.0", "body.1", "tail"]
+    assert all(m.frozen for m in q.modules() if isinstance(m, QuantConv2d))
+    with torch.no_grad():
+        assert torch.isfinite(q(x)).all()
+    off = srq.config("lowbit", bits="w3a3", overrides=["method.reconstruction.enabled=false",
+                                                       "method.bias_correction.enabled=false"])
+    mse = srq.config("mse", bits="w3a3")
+    a, b = srq.quantize(fp, off, calib=x), srq.quantize(fp, mse, calib=x)
+    with torch.no_grad():  # every component off: exactly the MSE baseline
+        assert torch.equal(a(x), b(x))
