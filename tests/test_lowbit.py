@@ -176,8 +176,8 @@ def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy):
     assert cfg.reconstruction.drop_prob == 0.5 and cfg.bias_correction.enabled
     q = srq.quantize(fp, cfg, calib=x, feature_blocks=["body.0", "body.1"])
     info = q.srq_method["info"]
-    assert info["bias_correction"]["layers"] == 6
-    assert [r["unit"] for r in info["reconstruction"]["records"]] == ["head", "body.0", "body.1", "tail"]
+    assert info["calibration"]["bias_correction"]["layers"] == 6
+    assert [r["unit"] for r in info["finetune"]["records"]] == ["head", "body.0", "body.1", "tail"]
     assert all(m.frozen for m in q.modules() if isinstance(m, QuantConv2d))
     with torch.no_grad():
         assert torch.isfinite(q(x)).all()
@@ -187,3 +187,67 @@ def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy):
     a, b = srq.quantize(fp, off, calib=x), srq.quantize(fp, mse, calib=x)
     with torch.no_grad():  # every component off: exactly the MSE baseline
         assert torch.equal(a(x), b(x))
+
+
+class Distill(nn.Module):
+    """conv → LeakyReLU → split: one piece to a conv, one to a concat with a conv's output
+    → 1×1 conv; plus a residual add that must keep its channels unscaled."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(10, 8, 1)
+        self.c4 = nn.Conv2d(8, 3, 3, padding=1)
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        d, r = torch.split(self.act(self.c1(x)), (2, 6), dim=1)
+        y = self.c3(torch.cat([d, self.act(self.c2(r))], dim=1))
+        return self.c4(self.act(y) + y)  # y feeds an add: c3's channels stay unscaled
+
+
+def test_scale_migration_sites_follow_splits_and_concats_and_skip_adds():
+    from srq.quant.scale_migration import migration_sites
+
+    torch.manual_seed(0)
+    sites = {(s.producer, s.channel): s.consumers for s in migration_sites(Distill(), torch.rand(1, 3, 8, 8))}
+    assert sites[("c1", 0)] == {"c3": [0]} and sites[("c1", 1)] == {"c3": [1]}
+    assert sites[("c1", 2)] == {"c2": [0]} and sites[("c1", 7)] == {"c2": [5]}
+    assert sites[("c2", 0)] == {"c3": [2]}
+    assert not any(p == "c3" for p, _ in sites)  # its output feeds the residual add
+    assert len(sites) == 16
+
+
+def test_scale_migration_keeps_the_function_and_balances_activation_and_weight_ranges():
+    from srq.quant.scale_migration import input_channel_absmax, migrate_scales, migration_sites
+
+    torch.manual_seed(0)
+    fp, x = Distill().eval(), torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        fp.c1.weight[3] *= 30  # an outlier channel
+    moved = copy.deepcopy(fp)
+    info = migrate_scales(moved, [x], alpha=0.5)
+    assert info["sites"] == 16 and info["scale_max"] > 1
+    with torch.no_grad():
+        assert torch.allclose(moved(x), fp(x), rtol=1e-5, atol=1e-5)
+    x_max = input_channel_absmax(moved, ["c2"], [x])["c2"]
+    w_max = moved.c2.weight.abs().amax(dim=(0, 2, 3))
+    assert torch.allclose(x_max, w_max, rtol=1e-4)  # α = ½: max|X/s| = max|W·s| per channel
+    assert (x_max.max() / x_max.min()) < (input_channel_absmax(fp, ["c2"], [x])["c2"].max()
+                                         / input_channel_absmax(fp, ["c2"], [x])["c2"].min())
+
+
+@pytest.mark.parametrize("name", ["imdn_x4", "rfdn_x4", "carn_m_x4"])
+def test_scale_migration_leaves_zoo_cnns_unchanged(name, data_dir):
+    from srq.models.zoo import build_model
+    from srq.quant.scale_migration import migrate_scales
+
+    fp = build_model(name)
+    x = torch.rand(2, 3, 24, 24)
+    moved = copy.deepcopy(fp)
+    info = migrate_scales(moved, [x])
+    assert info["sites"] > 0
+    with torch.no_grad():
+        ref = fp(x)
+        assert (moved(x) - ref).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))

@@ -1,8 +1,9 @@
-"""Low-bit PTQ (issue 16): MSE-initialised uniform quantizers → empirical bias correction →
-block reconstruction with learned rounding and QDrop (METHODS.md §10.1–10.2) → freeze.
+"""Low-bit PTQ (issue 16): [scale migration →] MSE-initialised uniform quantizers → empirical
+bias correction → block reconstruction with learned rounding and QDrop (METHODS.md
+§10.1–10.4) → freeze.
 
-Each component has an off switch (``bias_correction.enabled``, ``reconstruction.enabled``,
-``reconstruction.learn_rounding``, ``reconstruction.drop_prob=0``,
+Each component has an off switch (``scale_migration.enabled``, ``bias_correction.enabled``,
+``reconstruction.enabled``, ``reconstruction.learn_rounding``, ``reconstruction.drop_prob=0``,
 ``reconstruction.act_lr=0``), so the ablation rows are config overrides. Blocks are the
 model's feature blocks (the zoo's, or ``feature_blocks=``); every quantized layer outside
 them is reconstructed on its own. Calibration patches only: no test image is ever seen.
@@ -10,20 +11,36 @@ them is reconstructed on its own. Calibration patches only: no test image is eve
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
-from srq.methods.common import QuantResult, calibrated_copy, summary
+from srq.errors import SrqError
+from srq.methods.common import QuantResult, as_batches, calibrated_copy, device_of, summary
 from srq.methods.config import Config, ConfigError
 from srq.methods.uniform import TensorSettings, UniformConfig, uniform_spec
 from srq.quant import freeze
 from srq.quant.bias_correction import correct_bias
 from srq.quant.reconstruct import ReconstructionOptions, reconstruct, reconstruction_units
+from srq.quant.scale_migration import migrate_scales
 
 
 @dataclass(frozen=True)
 class BiasCorrectionSettings(Config):
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ScaleMigrationSettings(Config):
+    """SmoothQuant-style per-channel scales folded into conv pairs before quantization
+    (:func:`srq.quant.scale_migration.migrate_scales`), with exponent ``alpha``."""
+
+    enabled: bool = False
+    alpha: float = 0.5
+
+    def validate(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"scale_migration.alpha={self.alpha} must lie in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,7 @@ class LowBitConfig(UniformConfig):
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
                                          args={"candidates": 100, "beta": 0.9})
+    scale_migration: ScaleMigrationSettings = ScaleMigrationSettings()
     bias_correction: BiasCorrectionSettings = BiasCorrectionSettings()
     reconstruction: ReconstructionSettings = ReconstructionSettings()
 
@@ -79,27 +97,31 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
     → freeze."""
     cfg.require_bits("e.g. bits=w4a4")
     if cfg.bits.palettize:
-        from srq.errors import SrqError
-
         raise SrqError(f"bits={cfg.bits.name} palettizes weights, which method={cfg.name} does "
                        "not do; use method=coreai")
     teacher = teacher or model
     start = time.perf_counter()
+    calib_info: dict = {}
+    if cfg.scale_migration.enabled:  # the migrated FP model is the teacher: same function,
+        model = copy.deepcopy(model)  # same per-layer activations as the student's
+        calib_info["scale_migration"] = migrate_scales(
+            model, as_batches(calib, cfg.calib.batch_size, device_of(model)), float(cfg.scale_migration.alpha))
+        teacher = model
     student, batches = calibrated_copy(model, uniform_spec(cfg, cfg.bits), calib,
                                        cfg.calib.batch_size, cfg.include, cfg.exclude)
-    info: dict = {}
     if cfg.bias_correction.enabled:
-        info["bias_correction"] = correct_bias(student, teacher, batches)
+        calib_info["bias_correction"] = correct_bias(student, teacher, batches)
     t_calib = time.perf_counter() - start
     start = time.perf_counter()
-    r = cfg.reconstruction
+    r, info = cfg.reconstruction, {"calibration": calib_info}
     if r.enabled:
         units = reconstruction_units(student, list(feature_blocks or []), batches[0][:1])
         records = reconstruct(student, teacher, batches, units, r.options(cfg.calib.seed or 0),
                               progress=progress)
-        info["reconstruction"] = {"units": len(units), "iterations": int(r.iterations),
-                                  "batch_size": int(r.batch_size), "crop": r.crop,
-                                  "records": records}
+        info["finetune"] = {"reconstruction": "blockwise", "units": len(units),
+                            "iterations": int(r.iterations),
+                            "batch_size": int(r.batch_size), "crop": r.crop,
+                            "drop_prob": float(r.drop_prob), "records": records}
     freeze(student)
     return QuantResult(student, {"calibrate": round(t_calib, 3),
                                  "finetune": round(time.perf_counter() - start, 3)},

@@ -184,8 +184,8 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
             idx = torch.randint(count, (min(int(o.batch_size), count),), generator=generator,
                                 device=target.device)
             window = _window(q_args, o.crop, generator)
-            q_in = [_crop(_take(a, idx, count), window) for a in q_args]
-            fp_in = [_crop(_take(f, idx, count), window) for f in fp_args]
+            q_in = [_take(_crop(a, window), idx, count) for a in q_args]  # crop first: copy less
+            fp_in = [_take(_crop(f, window), idx, count) for f in fp_args]
             kwargs = {k: _take(v, idx, count) for k, v in q_kwargs.items()}
             if window is None:
                 y = target[idx]
