@@ -169,7 +169,7 @@ def test_bias_correction_zeroes_every_layers_mean_channel_shift(toy):
         assert shift.abs().max() < 1e-5, name
 
 
-def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy):
+def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy, tmp_path):
     fp, x = toy
     cfg = srq.config("lowbit", bits="w3a3", overrides=["method.reconstruction.iterations=10",
                                                        "method.reconstruction.crop=8"])
@@ -179,8 +179,9 @@ def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy):
     assert info["calibration"]["bias_correction"]["layers"] == 6
     assert [r["unit"] for r in info["finetune"]["records"]] == ["head", "body.0", "body.1", "tail"]
     assert all(m.frozen for m in q.modules() if isinstance(m, QuantConv2d))
-    with torch.no_grad():
-        assert torch.isfinite(q(x)).all()
+    loaded = srq.load(srq.save(q, tmp_path / "toy_lowbit.srq"), model=Net())
+    with torch.no_grad():  # the artifact holds the learned rounding and bounds exactly
+        assert torch.equal(loaded(x), q(x))
     off = srq.config("lowbit", bits="w3a3", overrides=["method.reconstruction.enabled=false",
                                                        "method.bias_correction.enabled=false"])
     mse = srq.config("mse", bits="w3a3")
@@ -251,3 +252,17 @@ def test_scale_migration_leaves_zoo_cnns_unchanged(name, data_dir):
     with torch.no_grad():
         ref = fp(x)
         assert (moved(x) - ref).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))
+
+
+def test_reconstruction_can_train_the_blocks_biases_alone(toy):
+    fp, x = toy
+    student = _calibrated(fp, 2, None, x)
+    before = {n: p.clone() for n, p in student.named_parameters() if n.endswith("bias")}
+    error = _output_error(student, fp, x)
+    reconstruct(student, fp, [x], ["body.0", "body.1"], ReconstructionOptions(
+        iterations=60, batch_size=8, learn_rounding=False, act_lr=0.0, drop_prob=0.0, bias_lr=1e-2,
+        crop=None), progress=False)
+    changed = sorted(n for n, p in student.named_parameters() if n in before and not torch.equal(p, before[n]))
+    assert changed == ["body.0.a.module.bias", "body.0.b.module.bias", "body.1.a.module.bias",
+                       "body.1.b.module.bias"]
+    assert _output_error(student, fp, x) < error

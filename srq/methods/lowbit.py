@@ -52,12 +52,13 @@ class ReconstructionSettings(Config):
     batch_size: int = 8
     crop: int | None = 32
     lr: float = 1e-3
-    act_lr: float = 4e-5
+    act_lr: float = 1e-3
     reg_weight: float = 0.01
     beta: tuple = (20.0, 2.0)
     warmup: float = 0.2
     drop_prob: float = 0.5
     learn_rounding: bool = True
+    bias_lr: float = 0.0
 
     def validate(self):
         if not 0.0 <= self.drop_prob <= 1.0:
@@ -73,6 +74,7 @@ class ReconstructionSettings(Config):
             act_lr=float(self.act_lr), reg_weight=float(self.reg_weight),
             beta=tuple(float(b) for b in self.beta), warmup=float(self.warmup),
             drop_prob=float(self.drop_prob), learn_rounding=bool(self.learn_rounding),
+            bias_lr=float(self.bias_lr),
             crop=None if self.crop is None else int(self.crop), seed=int(seed))
 
 

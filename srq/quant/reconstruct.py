@@ -35,19 +35,21 @@ class ReconstructionOptions:
     ``batch_size`` calibration samples; Adam at ``lr`` for V and ``act_lr`` (cosine to 0)
     for activation bounds (0: bounds stay fixed); regulariser weight ``reg_weight``, β from
     ``beta[0]`` to ``beta[1]`` after ``warmup`` of the iterations; QDrop probability
-    ``drop_prob``; ``learn_rounding`` False keeps round-to-nearest (bounds only); ``crop``:
+    ``drop_prob``; ``learn_rounding`` False keeps round-to-nearest (bounds only);
+    ``bias_lr`` > 0 also trains the unit's biases (Adam, cosine; 0: fixed); ``crop``:
     each step takes one random ``crop``×``crop`` window of the minibatch's 4-D inputs (the
     FP target recomputed on it) — cheaper steps, more positions; None: whole samples."""
 
     iterations: int = 500
     batch_size: int = 8
     lr: float = 1e-3
-    act_lr: float = 4e-5
+    act_lr: float = 1e-3
     reg_weight: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
     drop_prob: float = 0.5
     learn_rounding: bool = True
+    bias_lr: float = 0.0
     crop: int | None = 32
     seed: int = 0
 
@@ -175,9 +177,15 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
     if rounding:
         opts.append(torch.optim.Adam([a.V for _, a in rounding.values()], lr=o.lr))
     if act:
-        act_opt = torch.optim.Adam(act, lr=o.act_lr)
-        opts.append(act_opt)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(act_opt, T_max=max(int(o.iterations), 1))
+        opts.append(torch.optim.Adam(act, lr=o.act_lr))
+    biases = [m.module.bias for m in members if isinstance(m, QuantModule)
+              and getattr(m.module, "bias", None) is not None] if o.bias_lr > 0 else []
+    for b in biases:
+        b.requires_grad_(True)
+    if biases:
+        opts.append(torch.optim.Adam(biases, lr=o.bias_lr))
+    schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(o.iterations), 1))
+                 for opt in opts[1 if rounding else 0:]]
     first = last = math.nan
     try:
         for step in range(int(o.iterations) if opts else 0):
@@ -202,16 +210,16 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
             loss.backward()
             for opt in opts:
                 opt.step()
-            if act:
+            for sched in schedules:
                 sched.step()
-                for qz in act_quantizers:
-                    qz.project_()
+            for qz in act_quantizers if act else []:
+                qz.project_()
             first = float(rec.detach()) if step == 0 else first
             last = float(rec.detach())
     finally:
         for h in handles:
             h.remove()
-        for p in act:
+        for p in act + biases:
             p.requires_grad_(False)
         flipped = []
         for m, (original, ada) in rounding.items():
