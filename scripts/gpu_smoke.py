@@ -33,6 +33,9 @@ CASES = [
                         "abr.num_patches=8", "abr.lambda_bal=0.01"]),
     ("harmoq", "w3a3", ["order=abstract", "src.enabled=true", "abr.rounds=1", "abr.steps=2",
                         "abr.batch_size=2", "abr.num_patches=8"]),
+    ("lowbit", "w4a4", ["reconstruction.iterations=4", "reconstruction.batch_size=2",
+                        "reconstruction.crop=16", "reconstruction.bias_lr=1e-3",
+                        "scale_migration.enabled=true"]),
 ]
 SMALL = ["calib.num_patches=8", "calib.patch_size=32", "calib.val_patches=2"]
 

@@ -172,8 +172,9 @@ def test_bias_correction_zeroes_every_layers_mean_channel_shift(toy):
 def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy, tmp_path):
     fp, x = toy
     cfg = srq.config("lowbit", bits="w3a3", overrides=["method.reconstruction.iterations=10",
-                                                       "method.reconstruction.crop=8"])
-    assert cfg.reconstruction.drop_prob == 0.5 and cfg.bias_correction.enabled
+                                                       "method.reconstruction.crop=8",
+                                                       "method.bias_correction.enabled=true"])
+    assert cfg.reconstruction.drop_prob == 0.5 and cfg.bias_correction.stage == "after"
     q = srq.quantize(fp, cfg, calib=x, feature_blocks=["body.0", "body.1"])
     info = q.srq_method["info"]
     assert info["calibration"]["bias_correction"]["layers"] == 6

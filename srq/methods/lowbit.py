@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from srq.errors import SrqError
 from srq.methods.common import QuantResult, as_batches, calibrated_copy, device_of, summary
-from srq.methods.config import Config, ConfigError
+from srq.methods.config import Config, ConfigError, choice
 from srq.methods.uniform import TensorSettings, UniformConfig, uniform_spec
 from srq.quant import freeze
 from srq.quant.bias_correction import correct_bias
@@ -27,7 +27,14 @@ from srq.quant.scale_migration import migrate_scales
 
 @dataclass(frozen=True)
 class BiasCorrectionSettings(Config):
-    enabled: bool = True
+    """Empirical bias correction (:func:`srq.quant.bias_correction.correct_bias`) ``before``
+    or ``after`` the reconstruction."""
+
+    enabled: bool = False
+    stage: str = "after"
+
+    def validate(self):
+        choice(self.stage, ("before", "after"), "bias_correction.stage")
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,8 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         teacher = model
     student, batches = calibrated_copy(model, uniform_spec(cfg, cfg.bits), calib,
                                        cfg.calib.batch_size, cfg.include, cfg.exclude)
-    if cfg.bias_correction.enabled:
+    bc = cfg.bias_correction
+    if bc.enabled and (bc.stage == "before" or not cfg.reconstruction.enabled):
         calib_info["bias_correction"] = correct_bias(student, teacher, batches)
     t_calib = time.perf_counter() - start
     start = time.perf_counter()
@@ -124,6 +132,8 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
                             "iterations": int(r.iterations),
                             "batch_size": int(r.batch_size), "crop": r.crop,
                             "drop_prob": float(r.drop_prob), "records": records}
+    if bc.enabled and bc.stage == "after" and r.enabled:
+        calib_info["bias_correction"] = correct_bias(student, teacher, batches)
     freeze(student)
     return QuantResult(student, {"calibrate": round(t_calib, 3),
                                  "finetune": round(time.perf_counter() - start, 3)},
