@@ -37,6 +37,7 @@ from srq.quant import freeze, quantizers, wrapped_modules
 from srq.quant.api import execution_order
 from srq.quant.harmonize import harmonize
 from srq.quant.modules import QuantModule
+from srq.quant.reconstruct import capture
 from srq.quant.residual import ResidualStats, correct_linear
 
 ORDERS = ("hso_first", "abstract")
@@ -103,26 +104,9 @@ class HarmoQConfig(DOBIConfig):
         return self.abr.num_patches
 
 
-class _Stop(Exception):
-    pass
-
-
 def _input_of(model, name: str, batch) -> torch.Tensor:
     """The input of module ``name`` in a forward pass on ``batch`` (the pass stops there)."""
-    box = {}
-
-    def hook(module, args):
-        box["x"] = args[0]
-        raise _Stop
-
-    handle = dict(model.named_modules())[name].register_forward_pre_hook(hook)
-    try:
-        model(batch)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return box["x"]
+    return capture(model, name, [batch])[0][0][0]
 
 
 @torch.no_grad()

@@ -68,11 +68,14 @@ def execution_order(model: nn.Module, example_input: torch.Tensor, names: list[s
     return order
 
 
-def forward_with_hooks(model: nn.Module, example_input: torch.Tensor, handles: list) -> None:
-    """One no-grad forward of ``example_input``; the hook ``handles`` are removed afterwards."""
+def forward_with_hooks(model: nn.Module, inputs: torch.Tensor | list[torch.Tensor], handles: list
+                       ) -> None:
+    """No-grad forwards of ``inputs`` (one tensor or a list of batches); the hook ``handles``
+    are removed afterwards, also on an error."""
     try:
         with torch.no_grad():
-            model(example_input)
+            for batch in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
+                model(batch)
     finally:
         for handle in handles:
             handle.remove()

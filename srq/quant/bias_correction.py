@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from srq.quant.api import execution_order, wrapped_modules
+from srq.quant.api import execution_order, forward_with_hooks, wrapped_modules
 from srq.quant.modules import QuantModule
 
 
@@ -48,13 +48,7 @@ def correct_bias(student: nn.Module, teacher: nn.Module, batches: list[torch.Ten
             counts[name] = counts.get(name, 0) + out.numel() // out.shape[-1 if linear[name] else 1]
         return hook
 
-    handles = [fp_modules[n].register_forward_hook(fp_hook(n)) for n in order]
-    try:
-        for batch in batches:
-            teacher(batch)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(teacher, batches, [fp_modules[n].register_forward_hook(fp_hook(n)) for n in order])
     shifts, done = [], set()
 
     def q_hook(name):
@@ -72,12 +66,8 @@ def correct_bias(student: nn.Module, teacher: nn.Module, batches: list[torch.Ten
             return out + delta.reshape(shape)
         return hook
 
-    handles = [wrapped[n].register_forward_hook(q_hook(n)) for n in order if n in sums]
-    try:
-        student(torch.cat(batches))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(student, torch.cat(batches),
+                       [wrapped[n].register_forward_hook(q_hook(n)) for n in order if n in sums])
     return {"layers": len(shifts), "skipped": len(layers) - len(with_bias),
             "shift": round(sum(shifts) / max(len(shifts), 1), 6)}
 

@@ -68,8 +68,9 @@ def reconstruction_units(model: nn.Module, blocks: list[str], example: torch.Ten
     return execution_order(model, example, units)
 
 
-def _capture(model: nn.Module, name: str, batches, output: bool):
-    """Per batch: (args, kwargs[, output]) of module ``name``, the forward stopped there."""
+def capture(model: nn.Module, name: str, batches, output: bool = False):
+    """Per batch: (args, kwargs[, output]) of module ``name`` in a no-grad forward that stops
+    there."""
     module = dict(model.named_modules())[name]
     records = []
 
@@ -155,8 +156,8 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[torch.Tens
 def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generator) -> dict:
     """Reconstruct one unit; its record."""
     start = time.perf_counter()
-    fp = _capture(teacher, name, batches, output=True)
-    q = _capture(student, name, batches, output=False)
+    fp = capture(teacher, name, batches, output=True)
+    q = capture(student, name, batches, output=False)
     fp_args, fp_kwargs, target = _stack(fp, 0), _stack(fp, 1), _stack(fp, 2)
     q_args, q_kwargs = _stack(q, 0), _stack(q, 1)
     count = target.shape[0]
@@ -268,4 +269,4 @@ def _mix(q: torch.Tensor, fp: torch.Tensor, p: float, generator: torch.Generator
     return torch.where(torch.rand(q.shape, generator=generator, device=q.device) < p, fp, q)
 
 
-__all__ = ["ReconstructionOptions", "reconstruct", "reconstruction_units"]
+__all__ = ["ReconstructionOptions", "capture", "reconstruct", "reconstruction_units"]

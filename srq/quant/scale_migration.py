@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from srq.quant.api import forward_with_hooks
+
 HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity, nn.Dropout)
 HOMOGENEOUS_FUNCTIONS = (F.relu, F.leaky_relu, torch.relu)
 
@@ -130,15 +132,9 @@ def migration_sites(model: nn.Module, example: torch.Tensor) -> list[MigrationSi
         except Exception:  # control flow on tensors, untraceable calls: look one level down
             children = list(module.named_children())
             captured: dict[str, torch.Tensor] = {}
-            handles = [child.register_forward_pre_hook(
+            forward_with_hooks(module, x, [child.register_forward_pre_hook(
                 lambda m, args, n=n: captured.setdefault(n, args[0]) if args and isinstance(
-                    args[0], torch.Tensor) else None) for n, child in children]
-            try:
-                with torch.no_grad():
-                    module(x)
-            finally:
-                for h in handles:
-                    h.remove()
+                    args[0], torch.Tensor) else None) for n, child in children])
             for n, child in children:
                 if n in captured:
                     visit(child, f"{prefix}{n}.", captured[n])
@@ -162,13 +158,7 @@ def input_channel_absmax(model: nn.Module, names: list[str], batches) -> dict[st
             out[name] = torch.maximum(out[name], amax) if name in out else amax
         return fn
 
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        for batch in batches:
-            model(batch)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, batches, [modules[n].register_forward_pre_hook(hook(n)) for n in names])
     return out
 
 
