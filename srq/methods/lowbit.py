@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from srq.errors import SrqError
 from srq.methods.common import QuantResult, as_batches, calibrated_copy, device_of, summary
@@ -76,13 +76,8 @@ class ReconstructionSettings(Config):
             raise ConfigError(f"reconstruction.beta={list(self.beta)} must be [start, end]")
 
     def options(self, seed: int) -> ReconstructionOptions:
-        return ReconstructionOptions(
-            iterations=int(self.iterations), batch_size=int(self.batch_size), lr=float(self.lr),
-            act_lr=float(self.act_lr), reg_weight=float(self.reg_weight),
-            beta=tuple(float(b) for b in self.beta), warmup=float(self.warmup),
-            drop_prob=float(self.drop_prob), learn_rounding=bool(self.learn_rounding),
-            bias_lr=float(self.bias_lr),
-            crop=None if self.crop is None else int(self.crop), seed=int(seed))
+        names = [f.name for f in fields(ReconstructionOptions) if f.name != "seed"]
+        return ReconstructionOptions(**{n: getattr(self, n) for n in names}, seed=int(seed))
 
 
 @dataclass(frozen=True)
@@ -111,12 +106,12 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
     teacher = teacher or model
     start = time.perf_counter()
     calib_info: dict = {}
+    batches = as_batches(calib, cfg.calib.batch_size, device_of(model))
     if cfg.scale_migration.enabled:  # the migrated FP model is the teacher: same function,
         model = copy.deepcopy(model)  # same per-layer activations as the student's
-        calib_info["scale_migration"] = migrate_scales(
-            model, as_batches(calib, cfg.calib.batch_size, device_of(model)), float(cfg.scale_migration.alpha))
+        calib_info["scale_migration"] = migrate_scales(model, batches, float(cfg.scale_migration.alpha))
         teacher = model
-    student, batches = calibrated_copy(model, uniform_spec(cfg, cfg.bits), calib,
+    student, batches = calibrated_copy(model, uniform_spec(cfg, cfg.bits), batches,
                                        cfg.calib.batch_size, cfg.include, cfg.exclude)
     bc = cfg.bias_correction
     if bc.enabled and (bc.stage == "before" or not cfg.reconstruction.enabled):
