@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import srq
-from srq.quant import QuantFormat, QuantSpec, calibration_mode, freeze, quantize
+from srq.quant import QuantFormat, QuantSpec, calibration_mode, quantize
 from srq.quant.adaround import AdaRoundWeight, beta_schedule, rectified_sigmoid, rounding_regularizer
 from srq.quant.bias_correction import correct_bias
 from srq.quant.modules import QuantConv2d
