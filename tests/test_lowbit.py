@@ -267,3 +267,34 @@ def test_reconstruction_can_train_the_blocks_biases_alone(toy):
     assert changed == ["body.0.a.module.bias", "body.0.b.module.bias", "body.1.a.module.bias",
                        "body.1.b.module.bias"]
     assert _output_error(student, fp, x) < error
+
+
+class WindowBlock(nn.Module):
+    """A conv applied window by window: needs H, W multiples of ``window_size``."""
+
+    def __init__(self, c=8, window_size=6):
+        super().__init__()
+        self.window_size, self.conv, self.sides = window_size, nn.Conv2d(c, c, 1), set()
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        ws = self.window_size
+        self.sides.add((h, w))
+        windows = x.view(b, c, h // ws, ws, w // ws, ws)  # fails unless h, w are multiples of ws
+        return x + self.conv(windows.permute(0, 2, 4, 1, 3, 5).reshape(-1, c, ws, ws)).view(
+            b, h // ws, w // ws, c, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def test_reconstruction_crops_whole_windows_of_windowed_blocks():
+    from srq.quant.reconstruct import spatial_multiple
+    torch.manual_seed(0)
+    fp = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), WindowBlock()).eval()
+    x = torch.rand(4, 3, 24, 24)
+    assert spatial_multiple(fp) == 6
+    student = _calibrated(fp, 4, 4, x)
+    with pytest.raises(RuntimeError):  # a 16×16 crop splits windows
+        reconstruct(student, fp, [x], ["1"], ReconstructionOptions(iterations=2, crop=16, crop_multiple=1),
+                    progress=False)
+    student[1].sides.clear()
+    reconstruct(student, fp, [x], ["1"], ReconstructionOptions(iterations=3, crop=16), progress=False)
+    assert student[1].sides == {(12, 12)}  # every step: 16 floored to 12

@@ -58,6 +58,7 @@ class ReconstructionSettings(Config):
     iterations: int = 500
     batch_size: int = 8
     crop: int | None = 32
+    crop_multiple: int | None = None
     lr: float = 1e-3
     act_lr: float = 1e-3
     reg_weight: float = 0.01

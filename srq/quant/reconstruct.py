@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -38,7 +38,9 @@ class ReconstructionOptions:
     ``drop_prob``; ``learn_rounding`` False keeps round-to-nearest (bounds only);
     ``bias_lr`` > 0 also trains the unit's biases (Adam, cosine; 0: fixed); ``crop``:
     each step takes one random ``crop``×``crop`` window of the minibatch's 4-D inputs (the
-    FP target recomputed on it) — cheaper steps, more positions; None: whole samples."""
+    FP target recomputed on it) — cheaper steps, more positions; None: whole samples;
+    ``crop_multiple``: the crop is floored to a multiple of it (windowed attention needs
+    whole windows; None: :func:`spatial_multiple` of the student)."""
 
     iterations: int = 500
     batch_size: int = 8
@@ -51,6 +53,7 @@ class ReconstructionOptions:
     learn_rounding: bool = True
     bias_lr: float = 0.0
     crop: int | None = 32
+    crop_multiple: int | None = None
     seed: int = 0
 
 
@@ -66,6 +69,18 @@ def reconstruction_units(model: nn.Module, blocks: list[str], example: torch.Ten
     units = [b for b in blocks if any(inside(n, b) for n in wrapped)]
     units += [n for n in wrapped if not any(inside(n, b) for b in blocks)]
     return execution_order(model, example, units)
+
+
+def spatial_multiple(model: nn.Module) -> int:
+    """lcm of the ``window_size`` / ``pad_multiple`` ints on ``model``'s modules: the side a
+    feature map must be a multiple of for windowed attention (1 for a CNN)."""
+    m = 1
+    for mod in model.modules():
+        for attr in ("window_size", "pad_multiple"):
+            v = getattr(mod, attr, None)
+            if isinstance(v, int) and v > 0:
+                m = math.lcm(m, v)
+    return m
 
 
 def capture(model: nn.Module, name: str, batches, output: bool = False):
@@ -135,6 +150,8 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[torch.Tens
     from tqdm.auto import tqdm
 
     o = options
+    if o.crop_multiple is None:
+        o = replace(o, crop_multiple=spatial_multiple(student))
     generator = torch.Generator(device=batches[0].device).manual_seed(int(o.seed))
     modules, fp_modules = dict(student.named_modules()), dict(teacher.named_modules())
     records = []
@@ -192,7 +209,7 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
         for step in range(int(o.iterations) if opts else 0):
             idx = torch.randint(count, (min(int(o.batch_size), count),), generator=generator,
                                 device=target.device)
-            window = _window(q_args, o.crop, generator)
+            window = _window(q_args, o.crop, generator, o.crop_multiple or 1)
             q_in = [_take(_crop(a, window), idx, count) for a in q_args]  # crop first: copy less
             fp_in = [_take(_crop(f, window), idx, count) for f in fp_args]
             kwargs = {k: _take(v, idx, count) for k, v in q_kwargs.items()}
@@ -240,16 +257,19 @@ def activation_quantizers(members) -> list[Quantizer]:
     return [q for m in members for n in names if isinstance(q := getattr(m, n, None), Quantizer)]
 
 
-def _window(args, crop: int | None, generator: torch.Generator):
-    """(top, left, size) of a random crop of the 4-D inputs, or None (no crop: ``crop`` is None,
-    an input is not 4-D, or the inputs are no larger than the crop)."""
+def _window(args, crop: int | None, generator: torch.Generator, multiple: int = 1):
+    """(top, left, size) of a random crop of the 4-D inputs, size floored to a multiple of
+    ``multiple``, or None (no crop: ``crop`` is None, an input is not 4-D, the inputs are no
+    larger than the crop, or the floored size is 0)."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if crop is None or not tensors or any(t.dim() != 4 for t in tensors):
         return None
     h, w = tensors[0].shape[-2:]
     if h <= crop and w <= crop:
         return None
-    size = min(int(crop), h, w)
+    size = min(int(crop), h, w) // multiple * multiple
+    if size == 0:
+        return None
     top = int(torch.randint(h - size + 1, (1,), generator=generator, device=tensors[0].device))
     left = int(torch.randint(w - size + 1, (1,), generator=generator, device=tensors[0].device))
     return top, left, size
@@ -269,4 +289,5 @@ def _mix(q: torch.Tensor, fp: torch.Tensor, p: float, generator: torch.Generator
     return torch.where(torch.rand(q.shape, generator=generator, device=q.device) < p, fp, q)
 
 
-__all__ = ["ReconstructionOptions", "capture", "reconstruct", "reconstruction_units"]
+__all__ = ["ReconstructionOptions", "capture", "reconstruct", "reconstruction_units",
+           "spatial_multiple"]
