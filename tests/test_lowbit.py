@@ -298,3 +298,60 @@ def test_reconstruction_crops_whole_windows_of_windowed_blocks():
     student[1].sides.clear()
     reconstruct(student, fp, [x], ["1"], ReconstructionOptions(iterations=3, crop=16), progress=False)
     assert student[1].sides == {(12, 12)}  # every step: 16 floored to 12
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside 4×4 windows; the products are srq.MatMul, so their
+    operands are 4-D (windows, heads, tokens, head dim), not feature maps."""
+
+    def __init__(self, c=8, heads=2, window_size=4):
+        super().__init__()
+        self.heads, self.window_size = heads, window_size
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.matmul_qk, self.matmul_av = srq.MatMul(), srq.MatMul()
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        ws, nh = self.window_size, self.heads
+        t = x.view(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 3, 5, 1).reshape(-1, ws * ws, c)
+        q, k, v = self.qkv(t).view(t.shape[0], ws * ws, 3, nh, c // nh).permute(2, 0, 3, 1, 4)
+        a = self.matmul_qk(q, k.transpose(-2, -1)).softmax(-1)
+        o = self.proj(self.matmul_av(a, v).transpose(1, 2).reshape(t.shape[0], ws * ws, c))
+        o = o.view(b, h // ws, w // ws, ws, ws, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+        return x + o
+
+
+def test_lowbit_on_a_transformer_quantizes_linears_and_matmuls_and_never_crops_their_operands():
+    torch.manual_seed(0)
+    fp = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), WindowAttention(), WindowAttention(),
+                       nn.Conv2d(8, 3, 3, padding=1)).eval()
+    x = torch.rand(8, 3, 16, 16)
+    cfg = srq.config("lowbit", bits="w4a4", overrides=[
+        "reconstruction.iterations=4", "reconstruction.crop=8", "reconstruction.batch_size=4"])
+    seen = []
+    hook = lambda m, args: seen.append(tuple(args[0].shape))  # noqa: E731
+    from srq.methods import run_method
+    from srq.quant import quantization_map
+    from srq.quant.modules import QuantMatMul
+    import srq.quant.reconstruct as rec
+    original = rec._reconstruct_unit
+
+    def spy(name, unit, *a):
+        handle = unit.register_forward_pre_hook(hook) if isinstance(unit, QuantMatMul) else None
+        try:
+            return original(name, unit, *a)
+        finally:
+            handle and handle.remove()
+    rec._reconstruct_unit = spy
+    try:
+        result = run_method(fp, cfg, x, feature_blocks=None)
+    finally:
+        rec._reconstruct_unit = original
+    qmap = quantization_map(result.model)
+    assert sorted(qmap) == sorted(f"{i}.{n}" for i in (1, 2) for n in ("qkv", "proj", "matmul_qk", "matmul_av"))
+    assert all("4" in str(f["input"]) for f in qmap.values())  # every layer at 4 bits: no 8-bit edges
+    assert len(result.info["finetune"]["records"]) == 8  # layer by layer
+    # q (windows, heads, 16 tokens, head dim 4) and softmax(qkᵀ) (…, 16, 16): never cropped;
+    # the samples of a product are its 8 × 16 windows, drawn 4 at a time
+    assert seen and {s[1:] for s in seen} == {(2, 16, 4), (2, 16, 16)}
+    assert {s[0] for s in seen} == {8 * 16, 4}

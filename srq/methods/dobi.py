@@ -98,10 +98,16 @@ def quantized_copy(model, spec: QuantSpec, ops: str, exclude, example):
     """A deep copy of ``model`` with the op set ``ops`` wrapped by ``spec`` (uncalibrated):
     cnn → every conv/linear; transformer → every Linear and attention MatMul."""
     student = copy.deepcopy(model)
-    include = ["*"] if ops == "cnn" else [
-        n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
-    quantize(student, spec, include=include, exclude=list(exclude), example_input=example)
+    quantize(student, spec, include=op_names(model, ops), exclude=list(exclude), example_input=example)
     return student
+
+
+def op_names(model, ops: str) -> list[str]:
+    """The include globs of op set ``ops``: cnn → every module ("*"); transformer → the names
+    of the Linear and attention MatMul modules."""
+    if ops == "cnn":
+        return ["*"]
+    return [n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
 
 
 def dobi_calibrated(model, cfg: DOBIConfig, batches) -> tuple:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from srq.errors import SrqError
 from srq.methods.common import QuantResult, as_batches, calibrated_copy, device_of, summary
 from srq.methods.config import Config, ConfigError, choice
+from srq.methods.dobi import OPS, op_names, op_set
 from srq.methods.uniform import TensorSettings, UniformConfig, uniform_spec
 from srq.quant import freeze
 from srq.quant.bias_correction import correct_bias
@@ -83,9 +84,13 @@ class ReconstructionSettings(Config):
 
 @dataclass(frozen=True)
 class LowBitConfig(UniformConfig):
-    """``method=lowbit``: the uniform MSE baseline plus bias correction and reconstruction."""
+    """``method=lowbit``: the uniform MSE baseline plus bias correction and reconstruction.
+    ``ops``: auto → transformer (Linear + attention MatMul, every layer at ``bits``: 2DQuant's
+    op set) for a model with :class:`srq.MatMul` modules, else cnn (every conv / linear, per
+    ``layer_policy``)."""
 
     name: str = "lowbit"
+    ops: str = "auto"
     weight: TensorSettings = TensorSettings(observer="mse", mode="narrow", per_channel=True,
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
@@ -93,6 +98,10 @@ class LowBitConfig(UniformConfig):
     scale_migration: ScaleMigrationSettings = ScaleMigrationSettings()
     bias_correction: BiasCorrectionSettings = BiasCorrectionSettings()
     reconstruction: ReconstructionSettings = ReconstructionSettings()
+
+    def validate(self):
+        super().validate()
+        choice(self.ops, OPS, "method.ops")
 
 
 def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None, progress=True,
@@ -112,8 +121,12 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         model = copy.deepcopy(model)  # same per-layer activations as the student's
         calib_info["scale_migration"] = migrate_scales(model, batches, float(cfg.scale_migration.alpha))
         teacher = model
-    student, batches = calibrated_copy(model, uniform_spec(cfg, cfg.bits), batches,
-                                       cfg.calib.batch_size, cfg.include, cfg.exclude)
+    spec, include = uniform_spec(cfg, cfg.bits), list(cfg.include)
+    if op_set(model, cfg.ops) == "transformer":
+        spec = replace(spec, layer_policy="all", matmul=True)
+        include = op_names(model, "transformer") if include == ["*"] else include
+    student, batches = calibrated_copy(model, spec, batches, cfg.calib.batch_size, include,
+                                       cfg.exclude)
     bc = cfg.bias_correction
     if bc.enabled and (bc.stage == "before" or not cfg.reconstruction.enabled):
         calib_info["bias_correction"] = correct_bias(student, teacher, batches)

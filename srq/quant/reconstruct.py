@@ -25,7 +25,7 @@ from torch import nn
 
 from srq.quant.adaround import AdaRoundWeight, beta_schedule
 from srq.quant.api import execution_order, wrapped_modules
-from srq.quant.modules import QuantModule
+from srq.quant.modules import QuantMatMul, QuantModule
 from srq.quant.quantizer import Quantizer
 
 
@@ -38,7 +38,8 @@ class ReconstructionOptions:
     ``drop_prob``; ``learn_rounding`` False keeps round-to-nearest (bounds only);
     ``bias_lr`` > 0 also trains the unit's biases (Adam, cosine; 0: fixed); ``crop``:
     each step takes one random ``crop``×``crop`` window of the minibatch's 4-D inputs (the
-    FP target recomputed on it) — cheaper steps, more positions; None: whole samples;
+    FP target recomputed on it; not for attention MatMul units) — cheaper steps, more
+    positions; None: whole samples;
     ``crop_multiple``: the crop is floored to a multiple of it (windowed attention needs
     whole windows; None: :func:`spatial_multiple` of the student)."""
 
@@ -162,7 +163,7 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[torch.Tens
         bar = tqdm(units, desc="reconstruct", unit="block", disable=not progress, leave=False)
         for name in bar:
             records.append(_reconstruct_unit(name, modules[name], fp_modules[name], student, teacher,
-                                             batches, o, generator))
+                                             batches, o, generator, progress))
             bar.set_postfix(loss=f"{records[-1]['loss_last']:.3g}")
     finally:
         for p in frozen:
@@ -170,14 +171,17 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[torch.Tens
     return records
 
 
-def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generator) -> dict:
+def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generator, progress) -> dict:
     """Reconstruct one unit; its record."""
+    from tqdm.auto import tqdm
+
     start = time.perf_counter()
     fp = capture(teacher, name, batches, output=True)
     q = capture(student, name, batches, output=False)
     fp_args, fp_kwargs, target = _stack(fp, 0), _stack(fp, 1), _stack(fp, 2)
     q_args, q_kwargs = _stack(q, 0), _stack(q, 1)
     count = target.shape[0]
+    operands = isinstance(unit, QuantMatMul)  # (…, n, d) attention operands, not feature maps: no crop
     members = [m for _, m in wrapped_modules(unit)]
     rounding = {}
     if o.learn_rounding:
@@ -206,10 +210,12 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
                  for opt in opts[1 if rounding else 0:]]
     first = last = math.nan
     try:
-        for step in range(int(o.iterations) if opts else 0):
+        steps = tqdm(range(int(o.iterations) if opts else 0), desc=name, unit="step", leave=False,
+                     disable=not progress, mininterval=2.0)
+        for step in steps:
             idx = torch.randint(count, (min(int(o.batch_size), count),), generator=generator,
                                 device=target.device)
-            window = _window(q_args, o.crop, generator, o.crop_multiple or 1)
+            window = None if operands else _window(q_args, o.crop, generator, o.crop_multiple or 1)
             q_in = [_take(_crop(a, window), idx, count) for a in q_args]  # crop first: copy less
             fp_in = [_take(_crop(f, window), idx, count) for f in fp_args]
             kwargs = {k: _take(v, idx, count) for k, v in q_kwargs.items()}
