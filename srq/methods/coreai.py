@@ -20,20 +20,36 @@ import torch
 
 from srq.errors import SrqError
 from srq.methods.common import QuantResult, as_batches, calibrate, device_of, summary
-from srq.methods.config import Config, MethodConfig, choice
+from srq.methods.config import Config, ConfigError, MethodConfig, choice
 from srq.quant import QuantFormat, QuantSpec, freeze, quantize
+from srq.quant.palette_fit import palettize_on_outputs
 from srq.quant.palettize import GRANULARITIES, PalettSpec, fisher_sensitivity, palettize
 
 
 @dataclass(frozen=True)
 class PalettSettings(Config):
+    """LUT layout, and how palettes are chosen: ``fit=weights`` k-means on the weights alone;
+    ``fit=outputs`` (:func:`srq.quant.palette_fit.palettize_on_outputs`) the best of
+    ``restarts`` k-means seedings by layer output error on the calibration patches, LUTs
+    refit by least squares on that output (``refit``), layer by layer in execution order."""
+
     granularity: str = "per_tensor"
     group_size: int = 8
     lut_bits: int | None = 8
     min_numel: int = 1024
+    fit: str = "weights"
+    restarts: int = 1
+    refit: bool = True
+    seed: int = 0  # mixed into every tensor's k-means++ seed (the spread across it: RESULTS §4)
 
     def validate(self):
         choice(self.granularity, GRANULARITIES, "palett.granularity")
+        choice(self.fit, ("weights", "outputs"), "palett.fit")
+        if self.restarts < 1:
+            raise ConfigError(f"palett.restarts={self.restarts} must be ≥ 1")
+        if self.fit == "weights" and self.restarts > 1:
+            raise ConfigError("palett.restarts > 1 chooses among k-means runs by output error; "
+                              "it needs palett.fit=outputs")
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,8 @@ def _flow(model, cfg: CoreAIConfig, calib, hr, start) -> QuantResult:
     if bits.palettize:
         p = cfg.palett
         spec = PalettSpec(n_bits=int(bits.weight_bits), granularity=p.granularity,
-                          group_size=int(p.group_size), lut_bits=p.lut_bits, min_numel=int(p.min_numel))
+                          group_size=int(p.group_size), lut_bits=p.lut_bits, min_numel=int(p.min_numel),
+                          seed=int(p.seed))
         sensitivity = None
         if cfg.sensitive:
             if hr is None:
@@ -92,7 +109,16 @@ def _flow(model, cfg: CoreAIConfig, calib, hr, start) -> QuantResult:
             loss = torch.nn.L1Loss() if cfg.skm_loss == "l1_hr" else torch.nn.MSELoss()
             hr_batches = as_batches(hr, cfg.calib.batch_size, device)
             sensitivity = fisher_sensitivity(student, zip(batches, hr_batches), loss)
-        palettes = palettize(student, spec, include=include, exclude=exclude, sensitivity=sensitivity)
+        if p.fit == "outputs":
+            palettes, records = palettize_on_outputs(
+                student, model, batches, spec, include, exclude, int(p.restarts), bool(p.refit),
+                sensitivity)
+            errors = [r["relative_error"] for r in records.values()]
+            info["palette_fit"] = {"fit": "outputs", "restarts": int(p.restarts), "refit": bool(p.refit),
+                                   "mean_relative_output_error": round(sum(errors) / max(len(errors), 1), 6),
+                                   "layers": records}
+        else:
+            palettes = palettize(student, spec, include=include, exclude=exclude, sensitivity=sensitivity)
         info["palettized_layers"] = len(palettes)
         weight_fmt = None
     else:

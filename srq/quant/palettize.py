@@ -167,6 +167,20 @@ def palettize_tensor(weight: torch.Tensor, spec: PalettSpec, axis: int = 0,
 PALETTIZABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
+def selected_layers(model: nn.Module, spec: PalettSpec, include: list[str] | None = None,
+                    exclude: list[str] | None = None) -> dict[str, nn.Module]:
+    """{name: module} of the palettizable layers not yet palettized that match ``include``,
+    not ``exclude``, with at least ``spec.min_numel`` weights."""
+    import fnmatch
+
+    include, exclude = include or ["*"], exclude or []
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, PALETTIZABLE) and getattr(module, "palette", None) is None
+            and any(fnmatch.fnmatchcase(name, p) for p in include)
+            and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+            and module.weight.numel() >= spec.min_numel}
+
+
 def palettize(model: nn.Module, spec: PalettSpec, include: list[str] | None = None,
               exclude: list[str] | None = None,
               sensitivity: dict[str, torch.Tensor] | None = None) -> dict[str, Palette]:
@@ -174,19 +188,8 @@ def palettize(model: nn.Module, spec: PalettSpec, include: list[str] | None = No
     palette then lives beside the weight): each weight becomes its LUT
     reconstruction (a constant), and the :class:`Palette` is kept as ``module.palette`` for
     size accounting and export. ``sensitivity``: {module name: h} for sensitive k-means."""
-    import fnmatch
-
-    include, exclude = include or ["*"], exclude or []
     done = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, PALETTIZABLE) or getattr(module, "palette", None) is not None:
-            continue
-        if not any(fnmatch.fnmatchcase(name, p) for p in include):
-            continue
-        if any(fnmatch.fnmatchcase(name, p) for p in exclude):
-            continue
-        if module.weight.numel() < spec.min_numel:
-            continue
+    for name, module in selected_layers(model, spec, include, exclude).items():
         axis = 1 if isinstance(module, nn.ConvTranspose2d) else 0
         h = None if sensitivity is None else sensitivity.get(name)
         palette = palettize_tensor(module.weight, spec, axis, h).to(module.weight.device)
