@@ -355,3 +355,22 @@ def test_lowbit_on_a_transformer_quantizes_linears_and_matmuls_and_never_crops_t
     # the samples of a product are its 8 × 16 windows, drawn 4 at a time
     assert seen and {s[1:] for s in seen} == {(2, 16, 4), (2, 16, 16)}
     assert {s[0] for s in seen} == {8 * 16, 4}
+
+
+def test_lowbit_can_start_from_dobi_bounds_and_keeps_them_as_the_grid(toy):
+    fp, x = toy
+    from srq.methods import run_method
+    from srq.quant import quantization_map
+    cfg = srq.config("lowbit", bits="w4a4", overrides=["init=dobi", "reconstruction.iterations=5",
+                                                      "reconstruction.crop=8", "reconstruction.act_lr=0"])
+    start = run_method(fp, srq.config("dobi", bits="w4a4"), x).model
+    result = run_method(fp, cfg, x, feature_blocks=["body.0", "body.1"])
+    qmap = quantization_map(result.model)
+    assert qmap == quantization_map(start)  # DOBI's formats (free two-bound grids) throughout
+    for (name, m), (_, s) in zip(srq.quant.wrapped_modules(result.model), srq.quant.wrapped_modules(start)):
+        # bounds fixed (act_lr=0), so the weights sit on DOBI's grid: W = lo + Δ·k
+        wq = m.weight_quantizer
+        assert torch.equal(wq.lo, s.weight_quantizer.lo) and torch.equal(m.input_quantizer.hi, s.input_quantizer.hi)
+        assert torch.equal(wq(m.module.weight), m.module.weight), name
+        off = m.module.weight + 0.3 * float((wq.hi - wq.lo).max()) / (2 ** wq.fmt.bits - 1)
+        assert not torch.equal(wq(off), off)  # the check can fail: off-grid weights move

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields, replace
 from srq.errors import SrqError
 from srq.methods.common import QuantResult, as_batches, calibrated_copy, device_of, summary
 from srq.methods.config import Config, ConfigError, choice
-from srq.methods.dobi import OPS, op_names, op_set
+from srq.methods.dobi import OPS, DOBIConfig, DOBISettings, dobi_calibrated, op_names, op_set
 from srq.methods.uniform import TensorSettings, UniformConfig, uniform_spec
 from srq.quant import freeze
 from srq.quant.bias_correction import correct_bias
@@ -91,6 +91,9 @@ class LowBitConfig(UniformConfig):
 
     name: str = "lowbit"
     ops: str = "auto"
+    init: str = "mse"  # mse: the uniform MSE baseline's bounds | dobi: DOBI's (2DQuant's start)
+    dobi: DOBISettings = DOBISettings()
+    dobi_mode: str = "free"  # init=dobi: DOBI's grid (free: the paper's two bounds | integer)
     weight: TensorSettings = TensorSettings(observer="mse", mode="narrow", per_channel=True,
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
@@ -102,6 +105,8 @@ class LowBitConfig(UniformConfig):
     def validate(self):
         super().validate()
         choice(self.ops, OPS, "method.ops")
+        choice(self.init, ("mse", "dobi"), "method.init")
+        choice(self.dobi_mode, ("free", "integer"), "method.dobi_mode")
 
 
 def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None, progress=True,
@@ -121,12 +126,17 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         model = copy.deepcopy(model)  # same per-layer activations as the student's
         calib_info["scale_migration"] = migrate_scales(model, batches, float(cfg.scale_migration.alpha))
         teacher = model
-    spec, include = uniform_spec(cfg, cfg.bits), list(cfg.include)
-    if op_set(model, cfg.ops) == "transformer":
-        spec = replace(spec, layer_policy="all", matmul=True)
-        include = op_names(model, "transformer") if include == ["*"] else include
-    student, batches = calibrated_copy(model, spec, batches, cfg.calib.batch_size, include,
-                                       cfg.exclude)
+    if cfg.init == "dobi":
+        dobi_cfg = DOBIConfig(bits=cfg.bits, calib=cfg.calib, ops=cfg.ops, layer_policy=cfg.layer_policy,
+                              exclude=tuple(cfg.exclude), mode=cfg.dobi_mode, dobi=cfg.dobi)
+        student, calib_info["init"], _ = dobi_calibrated(model, dobi_cfg, batches)
+    else:
+        spec, include = uniform_spec(cfg, cfg.bits), list(cfg.include)
+        if op_set(model, cfg.ops) == "transformer":
+            spec = replace(spec, layer_policy="all", matmul=True)
+            include = op_names(model, "transformer") if include == ["*"] else include
+        student, batches = calibrated_copy(model, spec, batches, cfg.calib.batch_size, include,
+                                           cfg.exclude)
     bc = cfg.bias_correction
     if bc.enabled and (bc.stage == "before" or not cfg.reconstruction.enabled):
         calib_info["bias_correction"] = correct_bias(student, teacher, batches)
