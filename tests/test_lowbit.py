@@ -374,3 +374,18 @@ def test_lowbit_can_start_from_dobi_bounds_and_keeps_them_as_the_grid(toy):
         assert torch.equal(wq(m.module.weight), m.module.weight), name
         off = m.module.weight + 0.3 * float((wq.hi - wq.lo).max()) / (2 ** wq.fmt.bits - 1)
         assert not torch.equal(wq(off), off)  # the check can fail: off-grid weights move
+
+
+def test_lowbit_then_dqc_trains_activation_bounds_only_and_keeps_the_rounding(toy):
+    fp, x = toy
+    from srq.methods import run_method
+    base = ["reconstruction.iterations=5", "reconstruction.crop=8", "calib.seed=0"]
+    plain = run_method(fp, srq.config("lowbit", bits="w4a4", overrides=base), x,
+                       feature_blocks=["body.0", "body.1"], progress=False).model
+    cfg = srq.config("lowbit", bits="w4a4", overrides=base + ["dqc.iterations=4", "dqc.batch_size=4"])
+    result = run_method(fp, cfg, x, train=x, feature_blocks=["body.0", "body.1"], progress=False)
+    assert result.info["dqc"]["iterations"] == 4
+    pairs = list(zip(srq.quant.wrapped_modules(result.model), srq.quant.wrapped_modules(plain)))
+    for (name, m), (_, p) in pairs:
+        assert torch.equal(m.module.weight, p.module.weight), name  # same hardened rounding
+    assert any(not torch.equal(m.input_quantizer.hi, p.input_quantizer.hi) for (_, m), (_, p) in pairs)

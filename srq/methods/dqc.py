@@ -48,19 +48,22 @@ class TwoDQuantConfig(DOBIConfig):
         return self.dqc.num_patches
 
 
-def dqc_module(teacher, student, cfg: TwoDQuantConfig, blocks: list[str], scale: int
-               ) -> DistillationModule:
+def dqc_module(teacher, student, cfg: TwoDQuantConfig, blocks: list[str], scale: int,
+               trained=None) -> DistillationModule:
+    """DQC's distillation module; ``trained``: the quantizers whose (l, u) train (default
+    every one of ``student``'s)."""
     q = cfg.dqc
+    trained = [qz for _, qz in quantizers(student)] if trained is None else list(trained)
     blocks = blocks if float(q.feat_weight) > 0 else []
     terms = {"out": (1.0, OutputL1())}
     if blocks:
         terms["feat"] = (float(q.feat_weight), NormalizedFeatureLoss(
             blocks, norm="per_sample", distance=q.feat_distance, layer_reduce="sum"))
-    bounds = [p for _, qz in quantizers(student) for p in qz.learnable().values()]
+    bounds = [p for qz in trained for p in qz.learnable().values()]
     module = DistillationModule(
         teacher, student, WeightedSum(terms), {"bounds": bounds}, [["bounds"]],
         lr=float(q.lr), betas=tuple(q.betas), lr_schedule=q.lr_schedule,
-        total_steps=int(q.iterations), projections=[qz.project_ for _, qz in quantizers(student)],
+        total_steps=int(q.iterations), projections=[qz.project_ for qz in trained],
         scale=scale)
     module.feature_blocks = blocks
     return module

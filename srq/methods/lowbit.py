@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, fields, replace
 
 from srq.errors import SrqError
-from srq.methods.common import QuantResult, as_batches, calibrated_copy, device_of, summary
+from srq.methods.common import (QuantResult, as_batches, calibrated_copy, device_of, model_scale,
+                                samples, summary)
 from srq.methods.config import Config, ConfigError, choice
+from srq.methods.dqc import DQCSettings, dqc_module
 from srq.methods.dobi import OPS, DOBIConfig, DOBISettings, dobi_calibrated, op_names, op_set
 from srq.methods.uniform import TensorSettings, UniformConfig, uniform_spec
 from srq.quant import freeze
@@ -101,6 +103,11 @@ class LowBitConfig(UniformConfig):
     scale_migration: ScaleMigrationSettings = ScaleMigrationSettings()
     bias_correction: BiasCorrectionSettings = BiasCorrectionSettings()
     reconstruction: ReconstructionSettings = ReconstructionSettings()
+    dqc: DQCSettings = DQCSettings(iterations=0)
+
+    @property
+    def train_patches(self) -> int | None:
+        return self.dqc.num_patches if self.dqc.iterations > 0 else None
 
     def validate(self):
         super().validate()
@@ -110,7 +117,7 @@ class LowBitConfig(UniformConfig):
 
 
 def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None, progress=True,
-           **_) -> QuantResult:
+           train=None, val=None, fit=None, **_) -> QuantResult:
     """quantize + calibrate a copy of ``model`` → bias correction → reconstruction of
     ``feature_blocks`` (names; none: layer by layer) against ``teacher`` (default ``model``)
     → freeze."""
@@ -153,7 +160,26 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
                             "drop_prob": float(r.drop_prob), "records": records}
     if bc.enabled and bc.stage == "after" and r.enabled:
         calib_info["bias_correction"] = correct_bias(student, teacher, batches)
+    if cfg.dqc.iterations > 0:  # end-to-end distillation of the activation bounds only: the
+        info["dqc"] = _distill(student, teacher, cfg, calib, train, val, fit,  # weights keep
+                               list(feature_blocks or []), batches[0])  # their learned rounding
     freeze(student)
     return QuantResult(student, {"calibrate": round(t_calib, 3),
                                  "finetune": round(time.perf_counter() - start, 3)},
                        {**info, **summary(student)})
+
+
+def _distill(student, teacher, cfg: LowBitConfig, calib, train, val, fit, blocks, example) -> dict:
+    """DQC (2DQuant's L_O + λ·L_F) on the activation quantizers' bounds."""
+    from srq.lit.fit import Fitter
+    from srq.quant.reconstruct import activation_quantizers
+    from srq.quant import wrapped_modules
+
+    q = cfg.dqc
+    trained = activation_quantizers([m for _, m in wrapped_modules(student)])
+    module = dqc_module(teacher, student, cfg, blocks, model_scale(teacher, example), trained)
+    common = (fit or Fitter())(module, samples(train if train is not None else calib),
+                               None if val is None else samples(val), int(q.batch_size),
+                               steps=int(q.iterations))
+    return {"iterations": int(q.iterations), **common, "lr": float(q.lr), "trained": "activation bounds",
+            "feature_blocks": len(module.feature_blocks), "select": "last"}
