@@ -183,3 +183,44 @@ def test_bench_eval_times_forward_and_metrics_apart(tmp_path, data_dir):
     assert row["max_abs_diff_psnr_y"] < 1e-4 and row["max_abs_diff_ssim_y"] < 1e-6
     assert row["forward_s"] > 0 and row["metrics_s"] > 0 and row["basicsr_metrics_s"] > 0
     assert "| imdn_x4 | synthetic 160x120 (1) |" in out.with_suffix(".md").read_text()
+
+
+def test_bit_dip_probe_measures_and_removes_the_residual():
+    """ResidualProbe against hand values: r_q = 2·r_FP gives ratio 2, cosine 1; −r_FP cosine −1;
+    'zero' leaves the skip path only."""
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    spec = importlib.util.spec_from_file_location("bit_dip", SCRIPT.parent / "bit_dip.py")
+    bit_dip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bit_dip)
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    torch.manual_seed(0)
+    fp, x = Res(), [torch.rand(2, 3, 4, 4), torch.rand(1, 3, 4, 4)]
+    fp_probe = bit_dip.ResidualProbe(fp.body)
+    with torch.no_grad():
+        for t in x:
+            fp(t)
+        for gain, ratio, cosine in ((2.0, 2.0, 1.0), (-1.0, 1.0, -1.0)):
+            q = Res()
+            q.body.load_state_dict(fp.body.state_dict())
+            q.body.weight.mul_(gain)
+            q.body.bias.mul_(gain)
+            probe = bit_dip.ResidualProbe(q.body)
+            probe.ref = fp_probe.ref
+            probe.compare()
+            for t in x:
+                q(t)
+            assert probe.summary() == {"residual_norm_ratio": ratio, "residual_cosine": cosine}
+        probe.mode = "zero"
+        assert torch.equal(q(x[0]), x[0])
