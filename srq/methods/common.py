@@ -78,14 +78,18 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
         raise SrqError(f"calibration failed: {exc}") from exc
 
 
-def calibrated_copy(model: nn.Module, spec, calib, batch_size, include=("*",), exclude=()):
+def calibrated_copy(model: nn.Module, spec, calib, batch_size, include=("*",), exclude=(),
+                    prepare=None):
     """(a deep copy of ``model`` quantized by ``spec`` over the ``include``/``exclude`` globs and
-    calibrated on ``calib``, the calibration batches on the model's device)."""
+    calibrated on ``calib``, the calibration batches on the model's device); ``prepare``
+    (optional) runs on the quantized copy before calibration."""
     from srq.quant import quantize
 
     batches = as_batches(calib, batch_size, device_of(model))
     student = copy.deepcopy(model)
     quantize(student, spec, include=list(include), exclude=list(exclude), example_input=batches[0][:1])
+    if prepare is not None:
+        prepare(student)
     calibrate(student, batches)
     return student, batches
 

@@ -110,12 +110,15 @@ def op_names(model, ops: str) -> list[str]:
     return [n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "MatMul")]
 
 
-def dobi_calibrated(model, cfg: DOBIConfig, batches) -> tuple:
-    """quantize + DOBI calibration on ``batches`` → (student, info, seconds)."""
+def dobi_calibrated(model, cfg: DOBIConfig, batches, prepare=None) -> tuple:
+    """quantize [+ ``prepare(student)``] + DOBI calibration on ``batches`` → (student, info,
+    seconds)."""
     ops = op_set(model, cfg.ops)
     spec = dobi_spec(cfg, cfg.bits, ops)
     start = time.perf_counter()
     student = quantized_copy(model, spec, ops, cfg.exclude, batches[0][:1])
+    if prepare is not None:
+        prepare(student)
     calibrate(student, batches)
     return student, {"ops": ops}, time.perf_counter() - start
 

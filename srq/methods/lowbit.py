@@ -19,12 +19,13 @@ from srq.errors import SrqError
 from srq.methods.common import (QuantResult, as_batches, calibrated_copy, device_of, model_scale,
                                 samples, summary)
 from srq.methods.config import Config, ConfigError, choice
-from srq.methods.dqc import DQCSettings, dqc_module
 from srq.methods.dobi import OPS, DOBIConfig, DOBISettings, dobi_calibrated, op_names, op_set
+from srq.methods.dqc import DQCSettings, dqc_module
 from srq.methods.uniform import TensorSettings, UniformConfig, uniform_spec
 from srq.quant import freeze
 from srq.quant.bias_correction import correct_bias
 from srq.quant.reconstruct import ReconstructionOptions, reconstruct, reconstruction_units
+from srq.quant.rotation import ROTATIONS, rotate_linear_inputs
 from srq.quant.scale_migration import migrate_scales
 
 
@@ -96,6 +97,7 @@ class LowBitConfig(UniformConfig):
     init: str = "mse"  # mse: the uniform MSE baseline's bounds | dobi: DOBI's (2DQuant's start)
     dobi: DOBISettings = DOBISettings()
     dobi_mode: str = "free"  # init=dobi: DOBI's grid (free: the paper's two bounds | integer)
+    rotation: str = "none"  # hadamard: online Hadamard rotation of power-of-2 Linear inputs
     weight: TensorSettings = TensorSettings(observer="mse", mode="narrow", per_channel=True,
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
@@ -114,6 +116,7 @@ class LowBitConfig(UniformConfig):
         choice(self.ops, OPS, "method.ops")
         choice(self.init, ("mse", "dobi"), "method.init")
         choice(self.dobi_mode, ("free", "integer"), "method.dobi_mode")
+        choice(self.rotation, ROTATIONS, "method.rotation")
 
 
 def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None, progress=True,
@@ -133,17 +136,21 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         model = copy.deepcopy(model)  # same per-layer activations as the student's
         calib_info["scale_migration"] = migrate_scales(model, batches, float(cfg.scale_migration.alpha))
         teacher = model
+    prepare = None
+    if cfg.rotation == "hadamard":
+        def prepare(student):
+            calib_info["rotated_linears"] = len(rotate_linear_inputs(student))
     if cfg.init == "dobi":
         dobi_cfg = DOBIConfig(bits=cfg.bits, calib=cfg.calib, ops=cfg.ops, layer_policy=cfg.layer_policy,
                               exclude=tuple(cfg.exclude), mode=cfg.dobi_mode, dobi=cfg.dobi)
-        student, calib_info["init"], _ = dobi_calibrated(model, dobi_cfg, batches)
+        student, calib_info["init"], _ = dobi_calibrated(model, dobi_cfg, batches, prepare)
     else:
         spec, include = uniform_spec(cfg, cfg.bits), list(cfg.include)
         if op_set(model, cfg.ops) == "transformer":
             spec = replace(spec, layer_policy="all", matmul=True)
             include = op_names(model, "transformer") if include == ["*"] else include
         student, batches = calibrated_copy(model, spec, batches, cfg.calib.batch_size, include,
-                                           cfg.exclude)
+                                           cfg.exclude, prepare)
     bc = cfg.bias_correction
     if bc.enabled and (bc.stage == "before" or not cfg.reconstruction.enabled):
         calib_info["bias_correction"] = correct_bias(student, teacher, batches)
@@ -172,8 +179,8 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
 def _distill(student, teacher, cfg: LowBitConfig, calib, train, val, fit, blocks, example) -> dict:
     """DQC (2DQuant's L_O + λ·L_F) on the activation quantizers' bounds."""
     from srq.lit.fit import Fitter
-    from srq.quant.reconstruct import activation_quantizers
     from srq.quant import wrapped_modules
+    from srq.quant.reconstruct import activation_quantizers
 
     q = cfg.dqc
     trained = activation_quantizers([m for _, m in wrapped_modules(student)])

@@ -36,6 +36,7 @@ class QuantModule(nn.Module):
             self.weight_quantizer = UniformQuantizer(fmt)
         self.input_quantizer = build_quantizer(inputs) if inputs is not None else None
         self.output_quantizer = build_quantizer(outputs) if outputs is not None else None
+        self.input_rotation = None  # "hadamard": x ↦ H x before the input quantizer (rotation.py)
         self.frozen = False
 
     def forward(self, x):
@@ -49,6 +50,9 @@ class QuantModule(nn.Module):
         return self.weight_quantizer(w)
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_rotation is not None:
+            from srq.quant.rotation import fwht
+            x = fwht(x)
         return self.input_quantizer(x) if self.input_quantizer is not None else x
 
     def formats(self) -> dict[str, str | None]:
@@ -60,6 +64,8 @@ class QuantModule(nn.Module):
             out["weight"] = f"palettized {palette.spec.n_bits}-bit {palette.spec.granularity} {lut}"
         if self.output_quantizer is not None:
             out["output"] = str(self.output_quantizer.fmt)
+        if self.input_rotation is not None:
+            out["input_rotation"] = self.input_rotation
         return out
 
 

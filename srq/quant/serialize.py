@@ -103,6 +103,8 @@ def quantized_state(model: nn.Module, skip: set[str] = frozenset()
         entry = {"kind": KINDS[type(module.module)]}
         if module.is_edge:
             entry["is_edge"] = True
+        if getattr(module, "input_rotation", None) is not None:
+            entry["input_rotation"] = module.input_rotation
         for slot in SLOTS:
             q = getattr(module, slot, None)
             if q is not None:
@@ -187,6 +189,8 @@ def restore_quantized(model: nn.Module, qmap: dict, palettes: dict,
             other = fmt(entry, "other")
             wrapper.other_quantizer = None if other is None else build_quantizer(other)
         wrapper.is_edge = bool(entry.get("is_edge"))
+        if entry.get("input_rotation") is not None:
+            wrapper.input_rotation = entry["input_rotation"]
         parent, _, child = name.rpartition(".")
         setattr(modules[parent] if parent else model, child, wrapper)
     modules = dict(model.named_modules())  # after wrapping: palettes sit inside wrappers
