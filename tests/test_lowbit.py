@@ -389,3 +389,11 @@ def test_lowbit_then_dqc_trains_activation_bounds_only_and_keeps_the_rounding(to
     for (name, m), (_, p) in pairs:
         assert torch.equal(m.module.weight, p.module.weight), name  # same hardened rounding
     assert any(not torch.equal(m.input_quantizer.hi, p.input_quantizer.hi) for (_, m), (_, p) in pairs)
+
+
+def test_rotation_with_dobis_one_sided_fc2_is_one_clear_error():
+    from srq.methods.config import ConfigError
+    with pytest.raises(ConfigError, match="one_sided_for"):
+        srq.config("lowbit", bits="w4a4", overrides=["rotation=hadamard", "init=dobi"])
+    assert srq.config("lowbit", bits="w4a4", overrides=[
+        "rotation=hadamard", "init=dobi", "dobi.one_sided_for=[*.matmul_av]"]).rotation == "hadamard"

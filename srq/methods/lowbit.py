@@ -1,12 +1,13 @@
-"""Low-bit PTQ (issue 16): [scale migration →] MSE-initialised uniform quantizers → empirical
-bias correction → block reconstruction with learned rounding and QDrop (METHODS.md
-§10.1–10.4) → freeze.
+"""Low-bit PTQ (issue 16): [scale migration →] MSE- (or DOBI-) initialised uniform quantizers
+[with Hadamard-rotated Linear inputs] → bias correction → block reconstruction with learned
+rounding and QDrop (METHODS.md §10.1–10.4) → [DQC on the activation bounds] → freeze.
 
-Each component has an off switch (``scale_migration.enabled``, ``bias_correction.enabled``,
-``reconstruction.enabled``, ``reconstruction.learn_rounding``, ``reconstruction.drop_prob=0``,
-``reconstruction.act_lr=0``), so the ablation rows are config overrides. Blocks are the
-model's feature blocks (the zoo's, or ``feature_blocks=``); every quantized layer outside
-them is reconstructed on its own. Calibration patches only: no test image is ever seen.
+Each component has a switch (``scale_migration.enabled``, ``init``, ``rotation``,
+``bias_correction.enabled``, ``reconstruction.enabled``, ``reconstruction.learn_rounding``,
+``reconstruction.drop_prob=0``, ``reconstruction.act_lr=0``, ``dqc.iterations``), so the
+ablation rows are config overrides. Blocks are the model's feature blocks (the zoo's, or
+``feature_blocks=``); every quantized layer outside them is reconstructed on its own.
+Calibration patches only: no test image is ever seen.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ class LowBitConfig(UniformConfig):
         choice(self.init, ("mse", "dobi"), "method.init")
         choice(self.dobi_mode, ("free", "integer"), "method.dobi_mode")
         choice(self.rotation, ROTATIONS, "method.rotation")
+        if self.rotation != "none" and self.init == "dobi" and "*.fc2" in self.dobi.one_sided_for:
+            raise ConfigError("method.rotation=hadamard makes fc2's input signed, so DOBI's "
+                              "one-sided fc2 bounds would clip it; add "
+                              "method.dobi.one_sided_for=[*.matmul_av]")
 
 
 def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None, progress=True,

@@ -50,8 +50,9 @@ def hadamard_matrix(n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def rotate_linear_inputs(model: nn.Module) -> list[str]:
-    """W ← W H and input rotation on for every wrapped, not yet calibrated-on-rotation Linear
-    of ``model`` whose in_features is a power of 2 (call before calibration); the names."""
+    """W ← W H and the input rotation on, for every wrapped Linear of ``model`` that is not
+    frozen or rotated already and whose in_features is a power of 2 (call it before
+    calibration: the observers must see H x and W H); the names rotated."""
     from srq.quant.api import wrapped_modules
     from srq.quant.modules import QuantLinear
 
