@@ -9,6 +9,7 @@ from torch import nn
 from srq.ops import MatMul
 from srq.quant.plq import PiecewiseLinearQuantizer, PLQFormat
 from srq.quant.quantizer import QuantFormat, Quantizer, UniformQuantizer
+from srq.quant.rotation import fwht
 
 
 def build_quantizer(fmt: QuantFormat | PLQFormat) -> Quantizer:
@@ -51,7 +52,6 @@ class QuantModule(nn.Module):
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_rotation is not None:
-            from srq.quant.rotation import fwht
             x = fwht(x)
         return self.input_quantizer(x) if self.input_quantizer is not None else x
 
