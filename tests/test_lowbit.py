@@ -351,6 +351,10 @@ def test_lowbit_on_a_transformer_quantizes_linears_and_matmuls_and_never_crops_t
     assert sorted(qmap) == sorted(f"{i}.{n}" for i in (1, 2) for n in ("qkv", "proj", "matmul_qk", "matmul_av"))
     assert all("4" in str(f["input"]) for f in qmap.values())  # every layer at 4 bits: no 8-bit edges
     assert len(result.info["finetune"]["records"]) == 8  # layer by layer
+    # rotation=auto: Hadamard on the transformer op set, on every power-of-2 Linear input only
+    assert result.info["calibration"]["rotation"] == "hadamard"
+    assert {n for n, f in qmap.items() if f.get("input_rotation") == "hadamard"} == {
+        f"{i}.{n}" for i in (1, 2) for n in ("qkv", "proj")}
     # q (windows, heads, 16 tokens, head dim 4) and softmax(qkᵀ) (…, 16, 16): never cropped;
     # the samples of a product are its 8 × 16 windows, drawn 4 at a time
     assert seen and {s[1:] for s in seen} == {(2, 16, 4), (2, 16, 16)}
@@ -389,6 +393,18 @@ def test_lowbit_then_dqc_trains_activation_bounds_only_and_keeps_the_rounding(to
     for (name, m), (_, p) in pairs:
         assert torch.equal(m.module.weight, p.module.weight), name  # same hardened rounding
     assert any(not torch.equal(m.input_quantizer.hi, p.input_quantizer.hi) for (_, m), (_, p) in pairs)
+
+
+def test_rotation_auto_is_none_on_cnns_and_with_dobis_one_sided_fc2(toy):
+    from srq.methods.lowbit import rotation_for
+    fp, _ = toy
+    transformer = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), WindowAttention())
+    assert rotation_for(fp, srq.config("lowbit", bits="w4a4")) == "none"
+    assert rotation_for(transformer, srq.config("lowbit", bits="w4a4")) == "hadamard"
+    assert rotation_for(transformer, srq.config("lowbit", bits="w4a4", overrides=["init=dobi"])) == "none"
+    assert rotation_for(transformer, srq.config("lowbit", bits="w4a4", overrides=[
+        "init=dobi", "dobi.one_sided_for=[*.matmul_av]"])) == "hadamard"
+    assert rotation_for(transformer, srq.config("lowbit", bits="w4a4", overrides=["rotation=none"])) == "none"
 
 
 def test_rotation_with_dobis_one_sided_fc2_is_one_clear_error():
