@@ -26,7 +26,8 @@ from srq.methods.uniform import TensorSettings, UniformConfig, uniform_spec
 from srq.quant import freeze
 from srq.quant.bias_correction import correct_bias
 from srq.quant.reconstruct import ReconstructionOptions, reconstruct, reconstruction_units
-from srq.quant.rotation import ROTATIONS, rotate_linear_inputs
+from srq.quant.modules import QuantLinear
+from srq.quant.rotation import ROTATED_LAYERS, ROTATIONS, rotate_inputs
 from srq.quant.scale_migration import migrate_scales
 
 
@@ -98,8 +99,9 @@ class LowBitConfig(UniformConfig):
     init: str = "mse"  # mse: the uniform MSE baseline's bounds | dobi: DOBI's (2DQuant's start)
     dobi: DOBISettings = DOBISettings()
     dobi_mode: str = "free"  # init=dobi: DOBI's grid (free: the paper's two bounds | integer)
-    rotation: str = "auto"  # hadamard: online Hadamard rotation of power-of-2 Linear inputs |
+    rotation: str = "auto"  # hadamard: online Hadamard rotation of power-of-2 layer inputs |
     # auto: hadamard on the transformer op set (unless DOBI's one-sided fc2 forbids it), else none
+    rotation_layers: str = "linear"  # which inputs hadamard rotates: linear | conv (groups 1) | all
     weight: TensorSettings = TensorSettings(observer="mse", mode="narrow", per_channel=True,
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
@@ -119,6 +121,7 @@ class LowBitConfig(UniformConfig):
         choice(self.init, ("mse", "dobi"), "method.init")
         choice(self.dobi_mode, ("free", "integer"), "method.dobi_mode")
         choice(self.rotation, ("auto",) + ROTATIONS, "method.rotation")
+        choice(self.rotation_layers, ROTATED_LAYERS, "method.rotation_layers")
         if self.rotation == "hadamard" and self.init == "dobi" and "*.fc2" in self.dobi.one_sided_for:
             raise ConfigError("method.rotation=hadamard makes fc2's input signed, so DOBI's "
                               "one-sided fc2 bounds would clip it; add "
@@ -155,7 +158,10 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
     prepare, calib_info["rotation"] = None, rotation_for(model, cfg)
     if calib_info["rotation"] == "hadamard":
         def prepare(student):
-            calib_info["rotated_linears"] = len(rotate_linear_inputs(student))
+            names = set(rotate_inputs(student, cfg.rotation_layers))
+            rotated = [m for n, m in student.named_modules() if n in names]
+            calib_info["rotated_linears"] = sum(isinstance(m, QuantLinear) for m in rotated)
+            calib_info["rotated_convs"] = len(rotated) - calib_info["rotated_linears"]
     if cfg.init == "dobi":
         dobi_cfg = DOBIConfig(bits=cfg.bits, calib=cfg.calib, ops=cfg.ops, layer_policy=cfg.layer_policy,
                               exclude=tuple(cfg.exclude), mode=cfg.dobi_mode, dobi=cfg.dobi)

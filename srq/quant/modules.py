@@ -25,6 +25,7 @@ class QuantModule(nn.Module):
     ``module.weight`` *is* the quantized weight (one copy, on the grid) and ``frozen`` is set."""
 
     weight_axis = 0
+    channel_dim = 1  # the input's channel dim (an input rotation acts on it)
 
     def __init__(self, module: nn.Module, weight: QuantFormat | None, inputs: QuantFormat | None,
                  outputs: QuantFormat | None = None):
@@ -52,7 +53,7 @@ class QuantModule(nn.Module):
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_rotation is not None:
-            x = fwht(x)
+            x = fwht(x, dim=self.channel_dim)
         return self.input_quantizer(x) if self.input_quantizer is not None else x
 
     def formats(self) -> dict[str, str | None]:
@@ -84,6 +85,8 @@ class QuantConvTranspose2d(QuantModule):
 
 
 class QuantLinear(QuantModule):
+    channel_dim = -1
+
     def compute(self, x, w):
         return F.linear(x, w, self.module.bias)
 

@@ -1,8 +1,11 @@
-"""Hadamard rotations of linear-layer inputs (QuaRot-style, online; METHODS.md §10.3).
+"""Hadamard rotations of linear-layer and conv inputs (QuaRot-style, online; METHODS.md §10.3).
 
 For a Linear y = W x with n = in_features a power of 2, the normalized Sylvester Hadamard H
 (H = Hᵀ, H² = I) gives y = (W H)(H x): the layer stores W' = W H and its wrapper rotates the
-input, x ↦ H x, before the input quantizer. Rotation spreads a few outlier channels over all
+input, x ↦ H x, before the input quantizer. A conv (groups = 1) is the same map applied at
+every pixel over its n = in_channels: y = Σ_k W_k * x = Σ_k (W_k H) * (H x) with H acting on
+the channel dim of x and the input-channel dim of every kernel tap W_k; zero padding commutes
+with H (H 0 = 0). Rotation spreads a few outlier channels over all
 n, so per-tensor activation grids and per-channel weight grids fit better; in FP the function
 is unchanged. H x is computed online with the fast Walsh–Hadamard transform (n log₂ n adds
 per token, counted in the deployment cost), not folded, so it works after any LayerNorm or
@@ -23,8 +26,10 @@ def is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def fwht(x: torch.Tensor) -> torch.Tensor:
-    """H x along the last dim (normalized Sylvester order: H_2n = [[H, H], [H, −H]] / √2)."""
+def fwht(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """H x along ``dim`` (normalized Sylvester order: H_2n = [[H, H], [H, −H]] / √2)."""
+    if dim not in (-1, x.dim() - 1):
+        return fwht(x.movedim(dim, -1)).movedim(-1, dim)
     n = x.shape[-1]
     if not is_power_of_two(n):
         raise ValueError(f"the fast Walsh–Hadamard transform needs a power-of-2 size, not {n}")
@@ -48,24 +53,46 @@ def hadamard_matrix(n: int) -> torch.Tensor:
     return h / math.sqrt(n)
 
 
-@torch.no_grad()
-def rotate_linear_inputs(model: nn.Module) -> list[str]:
-    """W ← W H and the input rotation on, for every wrapped Linear of ``model`` that is not
-    frozen or rotated already and whose in_features is a power of 2 (call it before
-    calibration: the observers must see H x and W H); the names rotated."""
-    from srq.quant.api import wrapped_modules
-    from srq.quant.modules import QuantLinear
+ROTATED_LAYERS = ("linear", "conv", "all")
 
+
+def rotatable(module: nn.Module, layers: str = "linear") -> bool:
+    """Whether wrapped ``module`` takes an input rotation under ``layers`` (linear: Linear |
+    conv: Conv2d with groups = 1 | all: both): not frozen or rotated already, and its input
+    width (in_features / in_channels) a power of 2."""
+    from srq.quant.modules import QuantConv2d, QuantLinear
+
+    if isinstance(module, QuantLinear) and layers in ("linear", "all"):
+        width = module.module.in_features
+    elif isinstance(module, QuantConv2d) and layers in ("conv", "all") and module.module.groups == 1:
+        width = module.module.in_channels
+    else:
+        return False
+    return not module.frozen and module.input_rotation is None and is_power_of_two(width)
+
+
+@torch.no_grad()
+def rotate_inputs(model: nn.Module, layers: str = "linear") -> list[str]:
+    """W ← W H (over W's input dim) and the input rotation on, for every wrapped layer of
+    ``model`` that is :func:`rotatable` under ``layers`` (call it before calibration: the
+    observers must see H x and W H); the names rotated."""
+    from srq.quant.api import wrapped_modules
+
+    if layers not in ROTATED_LAYERS:
+        raise ValueError(f"layers={layers!r}: rotate one of {ROTATED_LAYERS}")
     done = []
     for name, module in wrapped_modules(model):
-        if not isinstance(module, QuantLinear) or module.input_rotation is not None:
-            continue
-        if module.frozen or not is_power_of_two(module.module.in_features):
-            continue
-        module.module.weight.copy_(fwht(module.module.weight))  # (W H)ᵢ = H wᵢ: H is symmetric
-        module.input_rotation = "hadamard"
-        done.append(name)
+        if rotatable(module, layers):  # (W H)ᵢ = H wᵢ over dim 1: H is symmetric
+            module.module.weight.copy_(fwht(module.module.weight, dim=1))
+            module.input_rotation = "hadamard"
+            done.append(name)
     return done
 
 
-__all__ = ["ROTATIONS", "fwht", "hadamard_matrix", "is_power_of_two", "rotate_linear_inputs"]
+def rotate_linear_inputs(model: nn.Module) -> list[str]:
+    """:func:`rotate_inputs` on the Linear layers only."""
+    return rotate_inputs(model, "linear")
+
+
+__all__ = ["ROTATED_LAYERS", "ROTATIONS", "fwht", "hadamard_matrix", "is_power_of_two", "rotatable",
+           "rotate_inputs", "rotate_linear_inputs"]
