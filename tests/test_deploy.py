@@ -189,6 +189,28 @@ def test_low_bit_activations_are_clipped_to_their_code_range(tmp_path):
     _qdq_nodes_exact(path, x, n_act)
 
 
+def test_hadamard_rotated_inputs_export_and_run_in_onnx_runtime(tmp_path):
+    # the online rotation (fast Walsh–Hadamard over the channels of conv inputs and the last
+    # dim of Linear inputs) is traced as plain float ops before each QuantizeLinear
+    q = quantized(small_cnn(), method="lowbit", bits="w8a8", overrides=[
+        "rotation=hadamard", "rotation_layers=all", "reconstruction.enabled=false"])
+    rotated = {n for n, f in quantization_map(q).items() if f.get("input_rotation") == "hadamard"}
+    assert rotated == {"net.body", "net.fc", "net.tail"}  # 8 wide; head (3) and up (transposed) not
+    path = export_onnx(q, tmp_path / "m.onnx")["path"]
+    ort = OrtModel(path, scale=2, optimize=False)
+    for shape in ((1, 3, 10, 10), (2, 3, 7, 12)):
+        x = torch.rand(*shape, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            assert (ort(x) - q(x)).abs().max() < 1e-5
+    # lowbit's default on transformers (rotation=auto: every power-of-2 Linear input)
+    q = quantized(small_attention(), method="lowbit", bits="w8a8", overrides=["reconstruction.enabled=false"])
+    assert q.srq_method["info"]["calibration"]["rotated_linears"] > 0
+    ort = OrtModel(export_onnx(q, tmp_path / "a.onnx")["path"], scale=2, optimize=False)
+    x = torch.rand(1, 3, 9, 14, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():  # softmax: a code may flip by one step (see the test above)
+        assert (ort(x) - q(x)).abs().mean() < 1e-3
+
+
 def test_non_integer_formats_convert_or_stop(tmp_path):
     free = quantized(small_cnn(), overrides=["act.mode=free"])
     report = integer_report(free)

@@ -28,8 +28,9 @@ def is_power_of_two(n: int) -> bool:
 
 def fwht(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """H x along ``dim`` (normalized Sylvester order: H_2n = [[H, H], [H, −H]] / √2)."""
-    if dim not in (-1, x.dim() - 1):
-        return fwht(x.movedim(dim, -1)).movedim(-1, dim)
+    dim, last = dim % x.dim(), x.dim() - 1  # non-negative: ONNX export takes no negative perm
+    if dim != last:
+        return fwht(x.movedim(dim, last)).movedim(last, dim)
     n = x.shape[-1]
     if not is_power_of_two(n):
         raise ValueError(f"the fast Walsh–Hadamard transform needs a power-of-2 size, not {n}")
