@@ -395,11 +395,19 @@ def test_lowbit_then_dqc_trains_activation_bounds_only_and_keeps_the_rounding(to
     assert any(not torch.equal(m.input_quantizer.hi, p.input_quantizer.hi) for (_, m), (_, p) in pairs)
 
 
-def test_rotation_auto_is_none_on_cnns_and_with_dobis_one_sided_fc2(toy):
-    from srq.methods.lowbit import rotation_for
-    fp, _ = toy
+def test_rotation_auto_is_none_on_low_bit_cnns_and_with_dobis_one_sided_fc2(toy):
+    from srq.methods.lowbit import rotated_layers_for, rotation_for
+    fp, x = toy
     transformer = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), WindowAttention())
     assert rotation_for(fp, srq.config("lowbit", bits="w4a4")) == "none"
+    # CNNs with 8-bit activations: conv inputs (RESULTS §12.5); the transformer op set: Linears
+    cfg = srq.config("lowbit", bits="w8a8", overrides=["reconstruction.enabled=false"])
+    assert (rotation_for(fp, cfg), rotated_layers_for(fp, cfg)) == ("hadamard", "all")
+    assert rotated_layers_for(transformer, srq.config("lowbit", bits="w4a4")) == "linear"
+    q = srq.quantize(fp, cfg, calib=x)
+    rotated = {n for n, f in srq.quant.quantization_map(q).items() if f.get("input_rotation")}
+    assert rotated == {"body.0.a", "body.0.b", "body.1.a", "body.1.b", "tail"}  # 8 wide; head: 3
+    assert q.srq_method["info"]["calibration"]["rotation_layers"] == "all"
     assert rotation_for(transformer, srq.config("lowbit", bits="w4a4")) == "hadamard"
     assert rotation_for(transformer, srq.config("lowbit", bits="w4a4", overrides=["init=dobi"])) == "none"
     assert rotation_for(transformer, srq.config("lowbit", bits="w4a4", overrides=[

@@ -83,7 +83,8 @@ class TinyTransformer(nn.Module):
 def test_lowbit_with_rotation_round_trips_through_the_artifact(tmp_path):
     torch.manual_seed(0)
     fp, x = TinyTransformer().eval(), torch.rand(8, 3, 8, 8)
-    cfg = srq.config("lowbit", bits="w4a4", overrides=["rotation=hadamard", "reconstruction.iterations=3",
+    cfg = srq.config("lowbit", bits="w4a4", overrides=["rotation=hadamard", "rotation_layers=linear",
+                                                      "reconstruction.iterations=3",
                                                       "reconstruction.crop=4"])
     q = srq.quantize(fp, cfg, calib=x)
     qmap = srq.quant.quantization_map(q)

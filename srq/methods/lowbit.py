@@ -6,9 +6,9 @@ freeze.
 Each component has a switch (``scale_migration.enabled``, ``init``, ``rotation``,
 ``rotation_layers``, ``bias_correction.enabled``, ``reconstruction.enabled``,
 ``reconstruction.learn_rounding``, ``reconstruction.drop_prob=0``, ``reconstruction.act_lr=0``,
-``dqc.iterations``), so the
-ablation rows are config overrides. Blocks are the model's feature blocks (the zoo's, or
-``feature_blocks=``); every quantized layer outside them is reconstructed on its own.
+``dqc.iterations``), so the ablation rows are config overrides. Blocks are the model's
+feature blocks (the zoo's, or ``feature_blocks=``); every quantized layer outside them is
+reconstructed on its own.
 Calibration patches only: no test image is ever seen.
 """
 
@@ -102,8 +102,10 @@ class LowBitConfig(UniformConfig):
     dobi: DOBISettings = DOBISettings()
     dobi_mode: str = "free"  # init=dobi: DOBI's grid (free: the paper's two bounds | integer)
     rotation: str = "auto"  # hadamard: online Hadamard rotation of power-of-2 layer inputs |
-    # auto: hadamard on the transformer op set (unless DOBI's one-sided fc2 forbids it), else none
-    rotation_layers: str = "linear"  # which inputs hadamard rotates: linear | conv (groups 1) | all
+    # auto: hadamard on the transformer op set (unless DOBI's one-sided fc2 forbids it) and on
+    # CNNs with ≥ 8-bit activations, else none
+    rotation_layers: str = "auto"  # which inputs hadamard rotates: linear | conv (groups 1) | all |
+    # auto: linear on the transformer op set, all on CNNs
     weight: TensorSettings = TensorSettings(observer="mse", mode="narrow", per_channel=True,
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
@@ -123,7 +125,7 @@ class LowBitConfig(UniformConfig):
         choice(self.init, ("mse", "dobi"), "method.init")
         choice(self.dobi_mode, ("free", "integer"), "method.dobi_mode")
         choice(self.rotation, ("auto",) + ROTATIONS, "method.rotation")
-        choice(self.rotation_layers, ROTATED_LAYERS, "method.rotation_layers")
+        choice(self.rotation_layers, ("auto",) + ROTATED_LAYERS, "method.rotation_layers")
         if self.rotation == "hadamard" and self.init == "dobi" and "*.fc2" in self.dobi.one_sided_for:
             raise ConfigError("method.rotation=hadamard makes fc2's input signed, so DOBI's "
                               "one-sided fc2 bounds would clip it; add "
@@ -133,11 +135,23 @@ class LowBitConfig(UniformConfig):
 def rotation_for(model, cfg: LowBitConfig) -> str:
     """The rotation that runs: ``auto`` → hadamard when ``model`` takes the transformer op set
     (val +0.47 dB on IMDTN ×4 W4A4 with reconstruction, RESULTS §12.3) and the bounds are not
-    DOBI's one-sided fc2 ones (a rotated fc2 input is signed), else none."""
+    DOBI's one-sided fc2 ones (a rotated fc2 input is signed), or when a CNN's activations are
+    8-bit or wider (conv inputs; IMDN ×4 W8A8 val +0.064 dB, n = 3, where at W4A4 it cost
+    0.08: RESULTS §12.5), else none."""
     if cfg.rotation != "auto":
         return cfg.rotation
+    if op_set(model, cfg.ops) != "transformer":
+        return "hadamard" if (cfg.bits.act_bits or 0) >= 8 else "none"
     one_sided_fc2 = cfg.init == "dobi" and "*.fc2" in cfg.dobi.one_sided_for
-    return "hadamard" if op_set(model, cfg.ops) == "transformer" and not one_sided_fc2 else "none"
+    return "none" if one_sided_fc2 else "hadamard"
+
+
+def rotated_layers_for(model, cfg: LowBitConfig) -> str:
+    """Which inputs a hadamard rotation takes: ``auto`` → linear on the transformer op set
+    (its convs stay FP), all (convs and linears) on a CNN."""
+    if cfg.rotation_layers != "auto":
+        return cfg.rotation_layers
+    return "linear" if op_set(model, cfg.ops) == "transformer" else "all"
 
 
 def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None, progress=True,
@@ -159,8 +173,10 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         teacher = model
     prepare, calib_info["rotation"] = None, rotation_for(model, cfg)
     if calib_info["rotation"] == "hadamard":
+        layers = calib_info["rotation_layers"] = rotated_layers_for(model, cfg)
+
         def prepare(student):
-            names = set(rotate_inputs(student, cfg.rotation_layers))
+            names = set(rotate_inputs(student, layers))
             rotated = [m for n, m in student.named_modules() if n in names]
             calib_info["rotated_linears"] = sum(isinstance(m, QuantLinear) for m in rotated)
             calib_info["rotated_convs"] = len(rotated) - calib_info["rotated_linears"]

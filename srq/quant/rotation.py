@@ -5,10 +5,10 @@ For a Linear y = W x with n = in_features a power of 2, the normalized Sylvester
 input, x ↦ H x, before the input quantizer. A conv (groups = 1) is the same map applied at
 every pixel over its n = in_channels: y = Σ_k W_k * x = Σ_k (W_k H) * (H x) with H acting on
 the channel dim of x and the input-channel dim of every kernel tap W_k; zero padding commutes
-with H (H 0 = 0). Rotation spreads a few outlier channels over all
-n, so per-tensor activation grids and per-channel weight grids fit better; in FP the function
-is unchanged. H x is computed online with the fast Walsh–Hadamard transform (n log₂ n adds
-per token, counted in the deployment cost), not folded, so it works after any LayerNorm or
+with H (H 0 = 0). Rotation spreads a few outlier channels over all n, so per-tensor
+activation grids and per-channel weight grids fit better; in FP the function is unchanged.
+H x is computed online with the fast Walsh–Hadamard transform (n log₂ n adds per token or
+pixel, counted in the deployment cost), not folded, so it works after any LayerNorm or
 GELU.
 """
 
