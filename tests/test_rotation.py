@@ -42,6 +42,11 @@ def test_rotation_keeps_the_fp_function_of_the_zoo_transformers(name, rotated, d
     student = _quantized(build_model(name).eval(), x)
     names = rotate_linear_inputs(student)
     assert len(names) == rotated  # LMLT-Tiny's linears are 36 wide: not a power of 2, left alone
+    _assert_same_fp_function(fp, student, x)
+
+
+def _assert_same_fp_function(fp, student, x):
+    """With every quantizer off, the rotated student computes fp's function (≤ 1e-5)."""
     for _, q in quantizers(student):
         q.enabled = False
     with torch.no_grad():
@@ -125,11 +130,7 @@ def test_conv_rotation_keeps_the_fp_function(name, layers, rotated, data_dir):
         assert len(names) == rotated
     assert all(modules[n].module.groups == 1 and modules[n].module.in_channels in (4, 16, 32, 64)
                for n in convs)
-    for _, q in quantizers(student):
-        q.enabled = False
-    with torch.no_grad():
-        ref, out = fp(x), student(x)
-    assert float((out - ref).abs().max()) <= 1e-5
+    _assert_same_fp_function(fp, student, x)
 
 
 def test_conv_rotation_lowers_the_4bit_error_of_an_input_with_an_outlier_channel():
