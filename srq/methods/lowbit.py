@@ -176,10 +176,9 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         layers = calib_info["rotation_layers"] = rotated_layers_for(model, cfg)
 
         def prepare(student):
-            names = set(rotate_inputs(student, layers))
-            rotated = [m for n, m in student.named_modules() if n in names]
-            calib_info["rotated_linears"] = sum(isinstance(m, QuantLinear) for m in rotated)
-            calib_info["rotated_convs"] = len(rotated) - calib_info["rotated_linears"]
+            names = rotate_inputs(student, layers)
+            linears = sum(isinstance(student.get_submodule(n), QuantLinear) for n in names)
+            calib_info["rotated_linears"], calib_info["rotated_convs"] = linears, len(names) - linears
     if cfg.init == "dobi":
         dobi_cfg = DOBIConfig(bits=cfg.bits, calib=cfg.calib, ops=cfg.ops, layer_policy=cfg.layer_policy,
                               exclude=tuple(cfg.exclude), mode=cfg.dobi_mode, dobi=cfg.dobi)

@@ -27,18 +27,17 @@ def is_power_of_two(n: int) -> bool:
 
 
 def fwht(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """H x along ``dim`` (normalized Sylvester order: H_2n = [[H, H], [H, −H]] / √2)."""
-    dim, last = dim % x.dim(), x.dim() - 1  # non-negative: ONNX export takes no negative perm
-    if dim != last:
-        return fwht(x.movedim(dim, last)).movedim(last, dim)
-    n = x.shape[-1]
+    """H x along ``dim`` (normalized Sylvester order: H_2n = [[H, H], [H, −H]] / √2), in place
+    of that dim: no transpose, so a conv input's channels cost no copy beyond the butterflies."""
+    dim = dim % x.dim()
+    n = x.shape[dim]
     if not is_power_of_two(n):
         raise ValueError(f"the fast Walsh–Hadamard transform needs a power-of-2 size, not {n}")
-    lead, h, y = x.shape[:-1], 1, x
+    lead, tail, h, y = x.shape[:dim], x.shape[dim + 1:], 1, x
     while h < n:
-        y = y.reshape(*lead, n // (2 * h), 2, h)
-        a, b = y[..., 0, :], y[..., 1, :]
-        y = torch.stack((a + b, a - b), dim=-2)
+        y = y.reshape(*lead, n // (2 * h), 2, h, *tail)
+        a, b = y.select(dim + 1, 0), y.select(dim + 1, 1)
+        y = torch.stack((a + b, a - b), dim=dim + 1)
         h *= 2
     return y.reshape(x.shape) * (1.0 / math.sqrt(n))
 
