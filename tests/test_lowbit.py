@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 import srq
+from srq.methods.config import ConfigError
+from srq.methods.lowbit import ReconstructionSettings
 from srq.quant import QuantFormat, QuantSpec, calibration_mode, quantize
 from srq.quant.adaround import AdaRoundWeight, beta_schedule, rectified_sigmoid, rounding_regularizer
 from srq.quant.bias_correction import correct_bias
@@ -69,6 +71,31 @@ def test_adaround_starts_at_the_weight_and_hardens_to_torch_nearest_rounding():
                                                       0, -7, 7)
     assert torch.allclose(ada(), expected, atol=1e-6)
     assert ada.flipped() == 0.0
+
+
+@pytest.mark.parametrize("mode", ["narrow", "integer"])
+def test_adaround_gain_scales_the_grid_and_is_written_into_the_quantizers_bounds(mode):
+    torch.manual_seed(3)
+    w = torch.randn(6, 4, 3, 3) + (0.3 if mode == "integer" else 0.0)
+    q = UniformQuantizer(QuantFormat(4, mode, axis=0))
+    q.observer(w)
+    q.finish_calibration()
+    ada = AdaRoundWeight(q, w)
+    ada.harden()
+    codes = ada() / ada.scale - ada.origin / ada.scale  # the integer part k of W̃ = γ(o + Δk), γ = 1
+    gain = torch.linspace(0.7, 1.3, 6).reshape(6, 1, 1, 1)
+    with torch.no_grad():
+        ada.gain.copy_(gain)
+    assert torch.allclose(ada(), gain * ada.scale * codes, atol=1e-6)  # o = 0 on both grids
+    lo, hi = q.lo.detach().clone(), q.hi.detach().clone()
+    ada.commit_gain(q)
+    assert torch.allclose(q.hi, hi * gain.reshape(hi.shape)) and torch.allclose(q.lo, lo * gain.reshape(lo.shape))
+    assert torch.allclose(q(ada()), ada(), atol=1e-6)  # W̃ sits on the committed grid, same codes
+    step = (hi - lo).flatten() / 15 if mode == "integer" else hi.flatten() / 7
+    zp = torch.round(-lo.flatten() / step).int() if mode == "integer" else torch.zeros(6, dtype=torch.int32)
+    expected = torch.fake_quantize_per_channel_affine(ada(), step * gain.flatten(), zp, 0,
+                                                      *((0, 15) if mode == "integer" else (-7, 7)))
+    assert torch.allclose(expected, ada(), atol=1e-5)  # torch's kernel on γΔ, same zero point
 
 
 def test_adaround_on_an_asymmetric_grid_clamps_to_the_code_range():
@@ -416,8 +443,26 @@ def test_rotation_auto_is_none_on_low_bit_cnns_and_with_dobis_one_sided_fc2(toy)
 
 
 def test_rotation_with_dobis_one_sided_fc2_is_one_clear_error():
-    from srq.methods.config import ConfigError
     with pytest.raises(ConfigError, match="one_sided_for"):
         srq.config("lowbit", bits="w4a4", overrides=["rotation=hadamard", "init=dobi"])
     assert srq.config("lowbit", bits="w4a4", overrides=[
         "rotation=hadamard", "init=dobi", "dobi.one_sided_for=[*.matmul_av]"]).rotation == "hadamard"
+
+
+def test_reconstruction_can_learn_the_weight_steps_and_keeps_every_weight_on_its_new_grid(toy):
+    fp, x = toy
+    student = _calibrated(fp, 2, None, x)
+    bounds = {n: m.weight_quantizer.hi.detach().clone() for n, m in student.named_modules()
+              if isinstance(m, QuantConv2d)}
+    reconstruct(student, fp, [x], ["body.0", "body.1"], ReconstructionOptions(
+        iterations=100, batch_size=8, drop_prob=0.0, act_lr=0.0, crop=None, weight_scale_lr=1e-2),
+        progress=False)
+    for name, m in student.named_modules():
+        if isinstance(m, QuantConv2d) and name.startswith("body"):  # the reconstructed units
+            w, q = m.module.weight, m.weight_quantizer
+            assert not torch.equal(q.hi, bounds[name]), name  # the steps moved ...
+            assert torch.allclose(q(w), w, atol=1e-6), name  # ... and the weights sit on the new grid
+            codes = w.detach() / q.hi.detach()  # narrow 2 bit: Δ = u, codes in {-1, 0, 1}
+            assert torch.allclose(codes, codes.round(), atol=1e-5), name
+    with pytest.raises(ConfigError, match="learn_rounding"):
+        ReconstructionSettings(learn_rounding=False, weight_scale_lr=1e-2)

@@ -75,8 +75,12 @@ class ReconstructionSettings(Config):
     drop_prob: float = 0.5
     learn_rounding: bool = True
     bias_lr: float = 0.0
+    weight_scale_lr: float = 0.0
 
     def validate(self):
+        if self.weight_scale_lr > 0 and not self.learn_rounding:
+            raise ConfigError("reconstruction.weight_scale_lr > 0 trains the gains of the learned "
+                              "rounding's grids: set reconstruction.learn_rounding=true or weight_scale_lr=0")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise ConfigError(f"reconstruction.drop_prob={self.drop_prob} must lie in [0, 1]")
         if not 0.0 <= self.warmup < 1.0:

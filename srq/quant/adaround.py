@@ -10,6 +10,11 @@ round-to-nearest by a learned choice between the two neighbours:
 with V initialised so that h(V) is the fractional part of (W − o)/Δ (W̃ = W inside the
 range). :func:`rounding_regularizer` pushes h to {0, 1}; :meth:`AdaRoundWeight.harden`
 fixes it there (h = 1[V ≥ 0]), which puts W̃ on the quantizer's grid.
+
+A per-channel gain γ (init 1; trained only when given to an optimiser) scales the whole grid,
+W̃ = γ · (o + Δ·k), an LSQ-style learned step with the integer part k fixed;
+:meth:`AdaRoundWeight.commit_gain` writes it into the quantizer's bounds (l, u) ↦ (γl, γu), the
+grid of every format scaling with them, so W̃ stays on the quantizer's grid.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class AdaRoundWeight(nn.Module):
         self.register_buffer("nearest", torch.clamp(torch.round(t), k_min, k_max))
         p = ((frac - GAMMA) / (ZETA - GAMMA)).clamp(1e-6, 1 - 1e-6)
         self.V = nn.Parameter(torch.log(p) - torch.log1p(-p))
+        self.gain = nn.Parameter(torch.ones_like(scale), requires_grad=False)
         self.hard = False
 
     def h(self) -> torch.Tensor:
@@ -82,7 +88,7 @@ class AdaRoundWeight(nn.Module):
 
     def forward(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         k = torch.clamp(self.floor + self.h(), self.k_min, self.k_max)
-        return self.origin + self.scale * k
+        return self.gain * (self.origin + self.scale * k)
 
     def regularizer(self, beta: float) -> torch.Tensor:
         return rounding_regularizer(rectified_sigmoid(self.V), beta)
@@ -90,6 +96,19 @@ class AdaRoundWeight(nn.Module):
     def harden(self) -> None:
         self.hard = True
         self.V.requires_grad_(False)
+
+    @torch.no_grad()
+    def project_gain_(self, minimum: float = 1e-2) -> None:
+        """Keep γ positive (a zero or negative step has no grid)."""
+        self.gain.clamp_(min=minimum)
+
+    @torch.no_grad()
+    def commit_gain(self, quantizer: UniformQuantizer) -> None:
+        """Scale ``quantizer``'s bounds by γ so its grid is the one W̃ sits on."""
+        if torch.all(self.gain == 1):
+            return
+        gain = self.gain.detach().reshape(quantizer.hi.shape)
+        quantizer.set_bounds(quantizer.lo.detach() * gain, quantizer.hi.detach() * gain)
 
     @torch.no_grad()
     def flipped(self) -> float:

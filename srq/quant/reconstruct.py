@@ -8,7 +8,8 @@ reconstructed quantized model and targets y = f_FP(x) from the FP model:
 
 ‖·‖² summed over channels (dim 1) and averaged over the rest, W̃ the AdaRound weights
 (:mod:`srq.quant.adaround`), (l, u) the unit's activation bounds (LSQ-style, straight-through),
-β annealed 20 → 2 after a warm-up without the regulariser. QDrop: x̃ takes each element of
+β annealed 20 → 2 after a warm-up without the regulariser; optionally the weight grids' per-channel
+gains γ (W̃ = γ(o + Δk), LSQ-style learned steps). QDrop: x̃ takes each element of
 x (FP) with probability p, else of x̂, and every activation quantizer inside the unit passes
 each element through unquantized with probability p; p = 0 is plain BRECQ. Afterwards the
 rounding is hardened, so every weight sits on its quantizer's grid.
@@ -36,7 +37,9 @@ class ReconstructionOptions:
     for activation bounds (0: bounds stay fixed); regulariser weight ``reg_weight``, β from
     ``beta[0]`` to ``beta[1]`` after ``warmup`` of the iterations; QDrop probability
     ``drop_prob``; ``learn_rounding`` False keeps round-to-nearest (bounds only);
-    ``bias_lr`` > 0 also trains the unit's biases (Adam, cosine; 0: fixed); ``crop``:
+    ``bias_lr`` > 0 also trains the unit's biases (Adam, cosine; 0: fixed); ``weight_scale_lr``
+    > 0 also trains each weight grid's per-channel gain γ (Adam, cosine; needs
+    ``learn_rounding``; 0: the calibrated steps stay); ``crop``:
     each step takes one random ``crop``×``crop`` window of the minibatch's 4-D inputs (the
     FP target recomputed on it; not for attention MatMul units) — cheaper steps, more
     positions; None: whole samples;
@@ -53,6 +56,7 @@ class ReconstructionOptions:
     drop_prob: float = 0.5
     learn_rounding: bool = True
     bias_lr: float = 0.0
+    weight_scale_lr: float = 0.0
     crop: int | None = 32
     crop_multiple: int | None = None
     seed: int = 0
@@ -206,6 +210,11 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
         b.requires_grad_(True)
     if biases:
         opts.append(torch.optim.Adam(biases, lr=o.bias_lr))
+    gains = [a.gain for _, a in rounding.values()] if o.weight_scale_lr > 0 else []
+    for g in gains:
+        g.requires_grad_(True)
+    if gains:
+        opts.append(torch.optim.Adam(gains, lr=o.weight_scale_lr))
     schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(o.iterations), 1))
                  for opt in opts[1 if rounding else 0:]]
     first = last = math.nan
@@ -238,12 +247,14 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
                 sched.step()
             for qz in act_quantizers if act else []:
                 qz.project_()
+            for _, ada in rounding.values() if gains else []:
+                ada.project_gain_()
             first = float(rec.detach()) if step == 0 else first
             last = float(rec.detach())
     finally:
         for h in handles:
             h.remove()
-        for p in act + biases:
+        for p in act + biases + gains:
             p.requires_grad_(False)
         flipped = []
         for m, (original, ada) in rounding.items():
@@ -251,6 +262,7 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
             flipped.append(ada.flipped())
             with torch.no_grad():
                 m.module.weight.copy_(ada())
+            ada.commit_gain(original)
             m.weight_quantizer = original
     return {"unit": name, "modules": len(members), "loss_first": first, "loss_last": last,
             "flipped": round(sum(flipped) / len(flipped), 4) if flipped else 0.0,
