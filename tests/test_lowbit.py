@@ -11,7 +11,6 @@ from torch import nn
 
 import srq
 from srq.methods.config import ConfigError
-from srq.methods.lowbit import ReconstructionSettings
 from srq.quant import QuantFormat, QuantSpec, calibration_mode, quantize
 from srq.quant.adaround import AdaRoundWeight, beta_schedule, rectified_sigmoid, rounding_regularizer
 from srq.quant.bias_correction import correct_bias
@@ -287,9 +286,11 @@ def test_reconstruction_can_train_the_blocks_biases_alone(toy):
     student = _calibrated(fp, 2, None, x)
     before = {n: p.clone() for n, p in student.named_parameters() if n.endswith("bias")}
     error = _output_error(student, fp, x)
+    steps = {n: p.clone() for n, p in student.named_parameters() if "weight_quantizer" in n}
     reconstruct(student, fp, [x], ["body.0", "body.1"], ReconstructionOptions(
         iterations=60, batch_size=8, learn_rounding=False, act_lr=0.0, drop_prob=0.0, bias_lr=1e-2,
-        crop=None), progress=False)
+        weight_scale_lr=1e-2, crop=None), progress=False)  # gains scale learned grids only: no-op here
+    assert all(torch.equal(p, steps[n]) for n, p in student.named_parameters() if n in steps)
     changed = sorted(n for n, p in student.named_parameters() if n in before and not torch.equal(p, before[n]))
     assert changed == ["body.0.a.module.bias", "body.0.b.module.bias", "body.1.a.module.bias",
                        "body.1.b.module.bias"]
@@ -393,7 +394,8 @@ def test_lowbit_can_start_from_dobi_bounds_and_keeps_them_as_the_grid(toy):
     from srq.methods import run_method
     from srq.quant import quantization_map
     cfg = srq.config("lowbit", bits="w4a4", overrides=["init=dobi", "reconstruction.iterations=5",
-                                                      "reconstruction.crop=8", "reconstruction.act_lr=0"])
+                                                      "reconstruction.crop=8", "reconstruction.act_lr=0",
+                                                      "reconstruction.weight_scale_lr=0"])
     start = run_method(fp, srq.config("dobi", bits="w4a4"), x).model
     result = run_method(fp, cfg, x, feature_blocks=["body.0", "body.1"])
     qmap = quantization_map(result.model)
@@ -405,6 +407,14 @@ def test_lowbit_can_start_from_dobi_bounds_and_keeps_them_as_the_grid(toy):
         assert torch.equal(wq(m.module.weight), m.module.weight), name
         off = m.module.weight + 0.3 * float((wq.hi - wq.lo).max()) / (2 ** wq.fmt.bits - 1)
         assert not torch.equal(wq(off), off)  # the check can fail: off-grid weights move
+    gained = run_method(fp, srq.config("lowbit", bits="w4a4", overrides=[  # learned steps
+        "init=dobi", "reconstruction.iterations=5", "reconstruction.crop=8",
+        "reconstruction.weight_scale_lr=0.05"]), x,
+        feature_blocks=["body.0", "body.1"]).model
+    for (name, m), (_, s) in zip(srq.quant.wrapped_modules(gained), srq.quant.wrapped_modules(result.model)):
+        if name.startswith("body"):  # the free grids scaled, the weights on the scaled grids
+            assert not torch.equal(m.weight_quantizer.hi, s.weight_quantizer.hi), name
+            assert torch.allclose(m.weight_quantizer(m.module.weight), m.module.weight, atol=1e-6), name
 
 
 def test_lowbit_then_dqc_trains_activation_bounds_only_and_keeps_the_rounding(toy):
@@ -464,5 +474,3 @@ def test_reconstruction_can_learn_the_weight_steps_and_keeps_every_weight_on_its
             assert torch.allclose(q(w), w, atol=1e-6), name  # ... and the weights sit on the new grid
             codes = w.detach() / q.hi.detach()  # narrow 2 bit: Δ = u, codes in {-1, 0, 1}
             assert torch.allclose(codes, codes.round(), atol=1e-5), name
-    with pytest.raises(ConfigError, match="learn_rounding"):
-        ReconstructionSettings(learn_rounding=False, weight_scale_lr=1e-2)

@@ -67,7 +67,7 @@ class ReconstructionSettings(Config):
     batch_size: int = 8
     crop: int | None = 32
     crop_multiple: int | None = None
-    lr: float = 1e-3
+    lr: float = 3e-2  # the rounding variables' Adam lr; 500 steps need more than AdaRound's 1e-3
     act_lr: float = 1e-3
     reg_weight: float = 0.01
     beta: tuple = (20.0, 2.0)
@@ -75,12 +75,9 @@ class ReconstructionSettings(Config):
     drop_prob: float = 0.5
     learn_rounding: bool = True
     bias_lr: float = 0.0
-    weight_scale_lr: float = 0.0
+    weight_scale_lr: float = 3e-3  # per-channel weight-grid gains (0: calibrated steps kept)
 
     def validate(self):
-        if self.weight_scale_lr > 0 and not self.learn_rounding:
-            raise ConfigError("reconstruction.weight_scale_lr > 0 trains the gains of the learned "
-                              "rounding's grids: set reconstruction.learn_rounding=true or weight_scale_lr=0")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise ConfigError(f"reconstruction.drop_prob={self.drop_prob} must lie in [0, 1]")
         if not 0.0 <= self.warmup < 1.0:

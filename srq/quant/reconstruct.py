@@ -38,8 +38,8 @@ class ReconstructionOptions:
     ``beta[0]`` to ``beta[1]`` after ``warmup`` of the iterations; QDrop probability
     ``drop_prob``; ``learn_rounding`` False keeps round-to-nearest (bounds only);
     ``bias_lr`` > 0 also trains the unit's biases (Adam, cosine; 0: fixed); ``weight_scale_lr``
-    > 0 also trains each weight grid's per-channel gain γ (Adam, cosine; needs
-    ``learn_rounding``; 0: the calibrated steps stay); ``crop``:
+    > 0 also trains each weight grid's per-channel gain γ (Adam, cosine; only with
+    ``learn_rounding``, whose grids they scale; 0: the calibrated steps stay); ``crop``:
     each step takes one random ``crop``×``crop`` window of the minibatch's 4-D inputs (the
     FP target recomputed on it; not for attention MatMul units) — cheaper steps, more
     positions; None: whole samples;
