@@ -1,12 +1,12 @@
 """Low-bit PTQ (issue 16): [scale migration →] MSE- (or DOBI-) initialised uniform quantizers
 [with Hadamard-rotated Linear and/or conv inputs] → bias correction → block reconstruction
-with learned rounding and QDrop (METHODS.md §10.1–10.4) → [DQC on the activation bounds] →
+with learned rounding, learned weight steps and QDrop (METHODS.md §10.1–10.4) → [DQC on the activation bounds] →
 freeze.
 
 Each component has a switch (``scale_migration.enabled``, ``init``, ``rotation``,
 ``rotation_layers``, ``bias_correction.enabled``, ``reconstruction.enabled``,
 ``reconstruction.learn_rounding``, ``reconstruction.drop_prob=0``, ``reconstruction.act_lr=0``,
-``dqc.iterations``), so the ablation rows are config overrides. Blocks are the model's
+``reconstruction.weight_scale_lr=0``, ``dqc.iterations``), so the ablation rows are config overrides. Blocks are the model's
 feature blocks (the zoo's, or ``feature_blocks=``); every quantized layer outside them is
 reconstructed on its own.
 Calibration patches only: no test image is ever seen.
