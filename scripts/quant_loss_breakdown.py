@@ -1,8 +1,9 @@
 """Where a PTQ result loses PSNR: weights vs activations, and each activation quantizer alone.
 
     python scripts/quant_loss_breakdown.py --model imdn_x4 --method minmax --bits w8a8 --top 10
+    python scripts/quant_loss_breakdown.py --quantized outputs/runs/<run>/<name>.srq
 
-Runs the method once (its calibration), then evaluates the frozen student with (a) every
+Runs the method once (its calibration), or loads a saved ``.srq`` artifact, then evaluates the frozen student with (a) every
 quantizer, (b) weight quantizers only, (c) activation quantizers only, and (d) all but one
 activation quantizer, for each of them; prints the drops vs FP and writes JSON.
 """
@@ -14,6 +15,8 @@ import json
 from pathlib import Path
 
 import torch
+
+import srq
 from hydra import compose, initialize_config_module
 
 from srq.data.benchmark import benchmark_set
@@ -31,11 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", default="w8a8")
     parser.add_argument("--set", default="Set5")
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--quantized", type=Path, default=None,
+                        help="a saved .srq artifact to break down instead of running --method")
     parser.add_argument("--out", type=Path, default=Path("bench/quant_loss_breakdown.json"))
     args = parser.parse_args(argv)
-    with initialize_config_module(config_module="srq.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            f"model={args.model}", f"method={args.method}", f"bits={args.bits}", "logger=none"])
+    if args.quantized is not None:
+        student = srq.load(args.quantized)
+        args.model = student.srq_name
+        args.method, args.bits = student.srq_method["method"], student.srq_method["bits"]
     teacher = build_model(args.model)
     sets = [benchmark_set(args.set, teacher.scale)]
 
@@ -44,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             summary, _, _ = evaluate_sets(model, sets)
         return summary[args.set]["psnr_y"]
 
-    student = quantize_from_config(cfg, teacher)[2].model
+    if args.quantized is None:
+        with initialize_config_module(config_module="srq.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[
+                f"model={args.model}", f"method={args.method}", f"bits={args.bits}", "logger=none"])
+        student = quantize_from_config(cfg, teacher)[2].model
     layers = [(n, m) for n, m in wrapped_modules(student) if isinstance(m, QuantModule)]
     fp_weights = dict(teacher.named_parameters())
     # a frozen layer's weight is its quantized value; "off" puts the teacher's FP weight back
@@ -65,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fp = psnr(teacher)
     result = {"model": args.model, "method": args.method, "bits": args.bits, "set": args.set,
+              "quantized": None if args.quantized is None else str(args.quantized),
               "fp": fp, "all": psnr(student)}
     set_acts(False)
     result["weights_only"] = psnr(student)
