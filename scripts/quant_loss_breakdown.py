@@ -32,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="imdn_x4")
     parser.add_argument("--method", default="minmax")
     parser.add_argument("--bits", default="w8a8")
-    parser.add_argument("--set", default="Set5")
+    parser.add_argument("--set", default="Set5", help="a benchmark set, or val (the validation "
+                        "split of T91: for diagnoses that steer a choice)")
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--layers", action="store_true",
+                        help="also each layer's weights back to FP, one at a time")
     parser.add_argument("--quantized", type=Path, default=None,
                         help="a saved .srq artifact to break down instead of running --method")
     parser.add_argument("--out", type=Path, default=Path("bench/quant_loss_breakdown.json"))
@@ -43,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         args.model = student.srq_name
         args.method, args.bits = student.srq_method["method"], student.srq_method["bits"]
     teacher = build_model(args.model)
-    sets = [benchmark_set(args.set, teacher.scale)]
+    if args.set == "val":
+        from srq.data.validation import ValidationConfig, validation_set
+
+        sets = [validation_set(ValidationConfig(), teacher.scale)]
+    else:
+        sets = [benchmark_set(args.set, teacher.scale)]
 
     def psnr(model) -> float:
         with torch.no_grad():
@@ -90,10 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         q.enabled = True
     gains.sort(reverse=True)
     result["activation_quantizer_gain_when_off"] = {n: round(g, 4) for g, n in gains}
+    layer_gains = []
+    for name, m in layers if args.layers else []:
+        with torch.no_grad():
+            m.module.weight.copy_(weights[id(m)][1])
+            layer_gains.append((psnr(student) - result["all"], name))
+            m.module.weight.copy_(weights[id(m)][0])
+    layer_gains.sort(reverse=True)
+    if args.layers:
+        result["weight_fp_gain_per_layer"] = {n: round(g, 4) for g, n in layer_gains}
     for key in ("all", "weights_only", "activations_only"):
         print(f"{key:18s} {result[key]:.3f} ({result[key] - fp:+.3f} vs FP {fp:.3f})")
     for g, n in gains[: args.top]:
         print(f"  off: {n:45s} {g:+.3f}")
+    for g, n in layer_gains[: args.top]:
+        print(f"  FP weights: {n:38s} {g:+.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
