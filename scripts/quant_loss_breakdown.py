@@ -25,6 +25,7 @@ from srq.models.zoo import build_model
 from srq.run import quantize_from_config
 from srq.quant import wrapped_modules
 from srq.quant.modules import QuantModule
+from srq.quant.rotation import fwht
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         student = quantize_from_config(cfg, teacher)[2].model
     layers = [(n, m) for n, m in wrapped_modules(student) if isinstance(m, QuantModule)]
     fp_weights = dict(teacher.named_parameters())
+
+    def fp_weight(name, module):
+        """The teacher's weight as ``module`` stores it (W H where its input is rotated)."""
+        w = fp_weights[f"{name}.weight"].detach().clone()
+        return fwht(w, dim=1) if getattr(module, "input_rotation", None) == "hadamard" else w
     # a frozen layer's weight is its quantized value; "off" puts the teacher's FP weight back
-    weights = {id(m): (m.module.weight.detach().clone(), fp_weights[f"{n}.weight"].detach().clone())
-               for n, m in layers}
-    acts = [(f"{name}.{'input' if q is m.input_quantizer else 'output'}", q)
-                  for name, m in wrapped_modules(student)
-                  for q in (m.input_quantizer, getattr(m, "output_quantizer", None)) if q is not None]
+    weights = {id(m): (m.module.weight.detach().clone(), fp_weight(n, m)) for n, m in layers}
+    acts = [(f"{name}.{role}", q) for name, m in wrapped_modules(student)  # a MatMul's 2nd operand too
+            for role in ("input", "other", "output")
+            if (q := getattr(m, f"{role}_quantizer", None)) is not None]
 
     def set_weights(on: bool):
         with torch.no_grad():
@@ -90,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     set_acts(True)
     set_weights(False)
     result["activations_only"] = psnr(student)
+    set_acts(False)  # every quantizer off must give the FP model back (rotations included)
+    result["none"] = psnr(student)
+    set_acts(True)
     set_weights(True)
+    if abs(result["none"] - fp) > 0.01:
+        print(f"warning: with every quantizer off the student reads {result['none']:.3f}, not FP "
+              f"{fp:.3f}: the breakdown below does not separate weights from activations")
     gains = []
     for name, q in acts:
         q.enabled = False
