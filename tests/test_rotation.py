@@ -175,3 +175,17 @@ def test_lowbit_rotation_layers_switch_and_its_error():
         assert (info["rotated_linears"], info["rotated_convs"]) == (linears, convs)  # tail: 16 wide
     with pytest.raises(srq.SrqError, match="rotation_layers"):
         srq.config("lowbit", bits="w4a4", overrides=["rotation_layers=convs"])
+
+
+def test_lowbit_rotation_exclude_leaves_the_named_layers_unrotated():
+    torch.manual_seed(0)
+    fp, x = TinyTransformer().eval(), torch.rand(8, 3, 8, 8)
+    base = ["rotation=hadamard", "rotation_layers=linear", "reconstruction.enabled=false"]
+    q = srq.quantize(fp, srq.config("lowbit", bits="w4a4", overrides=[*base, "rotation_exclude=[fc2]"]),
+                     calib=x)
+    qmap = srq.quant.quantization_map(q)
+    assert {n for n, f in qmap.items() if f.get("input_rotation") == "hadamard"} == {"fc1"}
+    assert q.srq_method["info"]["calibration"]["rotated_linears"] == 1
+    with pytest.raises(srq.SrqError, match=r"rotation_exclude: '\*\.fc3' matches no quantized layer"):
+        srq.quantize(fp, srq.config("lowbit", bits="w4a4", overrides=[*base, "rotation_exclude=[*.fc3]"]),
+                     calib=x)

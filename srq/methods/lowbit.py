@@ -4,7 +4,7 @@ with learned rounding, learned weight steps and QDrop (METHODS.md §10.1–10.4)
 freeze.
 
 Each component has a switch (``scale_migration.enabled``, ``init``, ``rotation``,
-``rotation_layers``, ``bias_correction.enabled``, ``reconstruction.enabled``,
+``rotation_layers``, ``rotation_exclude``, ``bias_correction.enabled``, ``reconstruction.enabled``,
 ``reconstruction.learn_rounding``, ``reconstruction.drop_prob=0``, ``reconstruction.act_lr=0``,
 ``reconstruction.weight_scale_lr=0``, ``dqc.iterations``), so the ablation rows are config overrides. Blocks are the model's
 feature blocks (the zoo's, or ``feature_blocks=``); every quantized layer outside them is
@@ -107,6 +107,7 @@ class LowBitConfig(UniformConfig):
     # CNNs with ≥ 8-bit activations, else none
     rotation_layers: str = "auto"  # which inputs hadamard rotates: linear | conv (groups 1) | all |
     # auto: linear on the transformer op set, all on CNNs
+    rotation_exclude: tuple = ()  # globs of layer names hadamard leaves unrotated (e.g. "*.fc2")
     weight: TensorSettings = TensorSettings(observer="mse", mode="narrow", per_channel=True,
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
@@ -177,7 +178,8 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         layers = calib_info["rotation_layers"] = rotated_layers_for(model, cfg)
 
         def prepare(student):
-            names = rotate_inputs(student, layers)
+            _check_globs(student, cfg.rotation_exclude, "method.rotation_exclude")
+            names = rotate_inputs(student, layers, tuple(cfg.rotation_exclude))
             linears = sum(isinstance(student.get_submodule(n), QuantLinear) for n in names)
             calib_info["rotated_linears"], calib_info["rotated_convs"] = linears, len(names) - linears
     if cfg.init == "dobi":
@@ -214,6 +216,19 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
     return QuantResult(student, {"calibrate": round(t_calib, 3),
                                  "finetune": round(time.perf_counter() - start, 3)},
                        {**info, **summary(student)})
+
+
+def _check_globs(student, patterns, key: str) -> None:
+    """One clear error for a glob that names no quantized layer (a typo would do nothing)."""
+    import fnmatch
+
+    from srq.quant import wrapped_modules
+
+    names = [n for n, _ in wrapped_modules(student)]
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(n, p) for n in names):
+            raise SrqError(f"{key}: {p!r} matches no quantized layer of {type(student).__name__} "
+                           f"(e.g. {names[0] if names else 'none'}); fix the glob or drop it")
 
 
 def _distill(student, teacher, cfg: LowBitConfig, calib, train, val, fit, blocks, example) -> dict:

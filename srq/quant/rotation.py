@@ -72,17 +72,18 @@ def rotatable(module: nn.Module, layers: str = "linear") -> bool:
 
 
 @torch.no_grad()
-def rotate_inputs(model: nn.Module, layers: str = "linear") -> list[str]:
+def rotate_inputs(model: nn.Module, layers: str = "linear", exclude=()) -> list[str]:
     """W ← W H (over W's input dim) and the input rotation on, for every wrapped layer of
-    ``model`` that is :func:`rotatable` under ``layers`` (call it before calibration: the
-    observers must see H x and W H); the names rotated."""
-    from srq.quant.api import wrapped_modules
+    ``model`` that is :func:`rotatable` under ``layers`` and whose name matches no glob of
+    ``exclude`` (call it before calibration: the observers must see H x and W H); the names
+    rotated."""
+    from srq.quant.api import _matches, wrapped_modules
 
     if layers not in ROTATED_LAYERS:
         raise ValueError(f"layers={layers!r}: rotate one of {ROTATED_LAYERS}")
     done = []
     for name, module in wrapped_modules(model):
-        if rotatable(module, layers):  # (W H)ᵢ = H wᵢ over dim 1: H is symmetric
+        if rotatable(module, layers) and not _matches(name, exclude):  # (W H)ᵢ = H wᵢ over dim 1: H is symmetric
             module.module.weight.copy_(fwht(module.module.weight, dim=1))
             module.input_rotation = "hadamard"
             done.append(name)
