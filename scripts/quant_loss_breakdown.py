@@ -3,9 +3,10 @@
     python scripts/quant_loss_breakdown.py --model imdn_x4 --method minmax --bits w8a8 --top 10
     python scripts/quant_loss_breakdown.py --quantized outputs/runs/<run>/<name>.srq
 
-Runs the method once (its calibration), or loads a saved ``.srq`` artifact, then evaluates the frozen student with (a) every
-quantizer, (b) weight quantizers only, (c) activation quantizers only, and (d) all but one
-activation quantizer, for each of them; prints the drops vs FP and writes JSON.
+Runs the method once (its calibration), or loads a saved ``.srq`` artifact, then evaluates the
+frozen student with (a) every quantizer, (b) weight quantizers only, (c) activation quantizers
+only, (d) all but one activation quantizer, for each of them, and with ``--layers`` (e) each
+layer's weights back to FP in turn; prints the drops vs FP and writes JSON.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import json
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_module
 
 import srq
-from hydra import compose, initialize_config_module
 
 from srq.data.benchmark import benchmark_set
 from srq.lit.evaluate import evaluate_sets

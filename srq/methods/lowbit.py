@@ -220,13 +220,11 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
 
 def _check_globs(student, patterns, key: str) -> None:
     """One clear error for a glob that names no quantized layer (a typo would do nothing)."""
-    import fnmatch
-
-    from srq.quant import wrapped_modules
+    from srq.quant.api import _matches, wrapped_modules
 
     names = [n for n, _ in wrapped_modules(student)]
     for p in patterns:
-        if not any(fnmatch.fnmatchcase(n, p) for n in names):
+        if not any(_matches(n, [p]) for n in names):
             raise SrqError(f"{key}: {p!r} matches no quantized layer of {type(student).__name__} "
                            f"(e.g. {names[0] if names else 'none'}); fix the glob or drop it")
 

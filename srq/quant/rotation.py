@@ -83,7 +83,8 @@ def rotate_inputs(model: nn.Module, layers: str = "linear", exclude=()) -> list[
         raise ValueError(f"layers={layers!r}: rotate one of {ROTATED_LAYERS}")
     done = []
     for name, module in wrapped_modules(model):
-        if rotatable(module, layers) and not _matches(name, exclude):  # (W H)ᵢ = H wᵢ over dim 1: H is symmetric
+        if rotatable(module, layers) and not _matches(name, exclude):
+            # (W H)ᵢ = H wᵢ over dim 1: H is symmetric
             module.module.weight.copy_(fwht(module.module.weight, dim=1))
             module.input_rotation = "hadamard"
             done.append(name)
