@@ -216,6 +216,26 @@ def test_same_seed_same_result(tmp_path):
         assert torch.equal(v, _bounds(two.student)[k])
 
 
+def test_crop_batch_takes_one_window_per_step_reproducibly():
+    module, loader = _setup()
+    batch = next(iter(loader))
+    assert module.crop_batch(batch) is batch  # crop None: whole patches
+    module.crop, module.crop_multiple = 7, 2
+    first = module.crop_batch(batch)
+    assert first.shape[-2:] == (6, 6)  # 7 floored to a multiple of 2
+    hits = [(t, l) for t in range(7) for l in range(7)
+            if torch.equal(batch[..., t:t + 6, l:l + 6], first)]
+    assert hits  # a window of the batch itself, the same for every sample
+    assert torch.equal(module.crop_batch(batch), first)  # same (seed, step): same window (resume)
+    windows = set()
+    for seed in range(8):  # another seed: other windows
+        module.seed = seed
+        windows.add(tuple(module.crop_batch(batch).flatten()[:5].tolist()))
+    assert len(windows) > 1
+    module.crop = 12  # no smaller than the batch: untouched
+    assert module.crop_batch(batch) is batch
+
+
 def test_schedule_with_unknown_group_is_rejected():
     module, _ = _setup()
     with pytest.raises(ValueError, match="unknown parameter groups"):

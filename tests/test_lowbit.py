@@ -423,9 +423,17 @@ def test_lowbit_then_dqc_trains_activation_bounds_only_and_keeps_the_rounding(to
     base = ["reconstruction.iterations=5", "reconstruction.crop=8", "calib.seed=0"]
     plain = run_method(fp, srq.config("lowbit", bits="w4a4", overrides=base), x,
                        feature_blocks=["body.0", "body.1"], progress=False).model
-    cfg = srq.config("lowbit", bits="w4a4", overrides=base + ["dqc.iterations=4", "dqc.batch_size=4"])
-    result = run_method(fp, cfg, x, train=x, feature_blocks=["body.0", "body.1"], progress=False)
-    assert result.info["dqc"]["iterations"] == 4
+    cfg = srq.config("lowbit", bits="w4a4",
+                     overrides=base + ["dqc.iterations=4", "dqc.batch_size=4", "dqc.crop=12"])
+    sides = []
+    hook = fp.head.register_forward_pre_hook(lambda m, a: sides.append(tuple(a[0].shape[-2:])))
+    try:
+        result = run_method(fp, cfg, x, train=x, feature_blocks=["body.0", "body.1"], progress=False)
+    finally:
+        hook.remove()
+    dqc = result.info["finetune"]["dqc"]
+    assert dqc["iterations"] == 4 and dqc["crop"] == 12
+    assert sides.count((12, 12)) == 4  # the teacher saw one 12×12 window of the 16×16 patches per DQC step
     pairs = list(zip(srq.quant.wrapped_modules(result.model), srq.quant.wrapped_modules(plain)))
     for (name, m), (_, p) in pairs:
         assert torch.equal(m.module.weight, p.module.weight), name  # same hardened rounding

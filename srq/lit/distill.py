@@ -9,7 +9,8 @@ train in which epoch (cycled: ``[["u_w"], ["l_a", "u_a"], ["bp"]]`` is SAFT's st
 alternation). The objective is any :class:`srq.lit.losses.WeightedSum`; features of the
 layers it names are tapped on both networks every step. Quantizer bounds are projected back
 into their valid range after every step. Checkpoints hold the student, optimizers,
-and loop state, not the teacher.
+and loop state, not the teacher. ``crop``: each step trains on one random crop×crop window
+of the LR batch (cheaper steps, more positions).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import Sampler
 
 from srq.lit.losses import FeatureTaps, WeightedSum
 from srq.metrics.sr import sr_image_metrics
+from srq.quant.reconstruct import apply_crop, crop_window
 
 LR_SCHEDULES = ("exponential", "cosine", "constant")
 
@@ -54,7 +56,8 @@ class DistillationModule(L.LightningModule):
                  param_groups: dict[str, list[nn.Parameter]], schedule: list[list[str]],
                  lr: float = 1e-3, gamma: float = 0.9, projections=(), scale: int = 4,
                  feature_site: str = "output", lr_schedule: str = "exponential",
-                 total_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.999)):
+                 total_steps: int | None = None, betas: tuple[float, float] = (0.9, 0.999),
+                 crop: int | None = None, crop_multiple: int = 1, seed: int = 0):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
@@ -82,6 +85,7 @@ class DistillationModule(L.LightningModule):
         self.projections = list(projections)
         self.scale = scale
         self.feature_site = feature_site
+        self.crop, self.crop_multiple, self.seed = crop, int(crop_multiple), int(seed)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave the teacher out
 
@@ -132,7 +136,18 @@ class DistillationModule(L.LightningModule):
         ft = {**t_taps.features, **{f"{k}#input": v for k, v in t_in.features.items()}}
         return out_s, out_t, fs, ft
 
+    def crop_batch(self, batch):
+        """One random ``crop``×``crop`` window (floored to ``crop_multiple``) of the LR batch,
+        drawn from (seed, global step), so a resumed run draws the same windows; the batch
+        itself when ``crop`` is None or no smaller than the batch."""
+        if self.crop is None:
+            return batch
+        generator = torch.Generator(device=batch.device).manual_seed(
+            self.seed * 1_000_003 + int(self.global_step))
+        return apply_crop(batch, crop_window([batch], self.crop, generator, self.crop_multiple))
+
     def training_step(self, batch, batch_idx):
+        batch = self.crop_batch(batch)
         active = self.activate(self.current_epoch)
         by_name = dict(zip(self.group_names, self._optimizers()))
         out_s, out_t, fs, ft = self._forward_pair(batch)

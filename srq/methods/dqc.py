@@ -16,9 +16,10 @@ from srq.lit.distill import LR_SCHEDULES, DistillationModule
 from srq.lit.fit import Fitter
 from srq.lit.losses import DISTANCES, NormalizedFeatureLoss, OutputL1, WeightedSum
 from srq.methods.common import QuantResult, as_batches, device_of, model_scale, samples, summary
-from srq.methods.config import Config, choice
+from srq.methods.config import Config, ConfigError, choice
 from srq.methods.dobi import DOBIConfig, dobi_calibrated
 from srq.quant import freeze, quantizers
+from srq.quant.reconstruct import spatial_multiple
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,11 @@ class DQCSettings(Config):
     lr_schedule: str = "cosine"
     feat_weight: float = 5.0
     feat_distance: str = "squared_per_element"
+    crop: int | None = None  # each step on one random crop×crop LR window (None: whole patches)
 
     def validate(self):
+        if self.crop is not None and int(self.crop) < 1:
+            raise ConfigError(f"dqc.crop={self.crop} must be a positive side in LR pixels or null")
         choice(self.lr_schedule, LR_SCHEDULES, "dqc.lr_schedule")
         choice(self.feat_distance, DISTANCES, "dqc.feat_distance")
 
@@ -64,7 +68,8 @@ def dqc_module(teacher, student, cfg: TwoDQuantConfig, blocks: list[str], scale:
         teacher, student, WeightedSum(terms), {"bounds": bounds}, [["bounds"]],
         lr=float(q.lr), betas=tuple(q.betas), lr_schedule=q.lr_schedule,
         total_steps=int(q.iterations), projections=[qz.project_ for qz in trained],
-        scale=scale)
+        scale=scale, crop=q.crop, crop_multiple=spatial_multiple(student),
+        seed=int(cfg.calib.seed or 0))
     module.feature_blocks = blocks
     return module
 

@@ -210,7 +210,7 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
     if bc.enabled and bc.stage == "after" and r.enabled:
         calib_info["bias_correction"] = correct_bias(student, teacher, batches)
     if cfg.dqc.iterations > 0:  # end-to-end distillation of the activation bounds only: the
-        info["dqc"] = _distill(student, teacher, cfg, calib, train, val, fit,  # weights keep
+        info.setdefault("finetune", {})["dqc"] = _distill(student, teacher, cfg, calib, train, val, fit,  # weights keep
                                list(feature_blocks or []), batches[0])  # their learned rounding
     freeze(student)
     return QuantResult(student, {"calibrate": round(t_calib, 3),
@@ -241,5 +241,6 @@ def _distill(student, teacher, cfg: LowBitConfig, calib, train, val, fit, blocks
     common = (fit or Fitter())(module, samples(train if train is not None else calib),
                                None if val is None else samples(val), int(q.batch_size),
                                steps=int(q.iterations))
-    return {"iterations": int(q.iterations), **common, "lr": float(q.lr), "trained": "activation bounds",
+    return {"iterations": int(q.iterations), **common, "lr": float(q.lr), "crop": q.crop,
+            "trained": "activation bounds",
             "feature_blocks": len(module.feature_blocks), "select": "last"}

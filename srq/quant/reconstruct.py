@@ -224,9 +224,9 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
         for step in steps:
             idx = torch.randint(count, (min(int(o.batch_size), count),), generator=generator,
                                 device=target.device)
-            window = None if operands else _window(q_args, o.crop, generator, o.crop_multiple or 1)
-            q_in = [_take(_crop(a, window), idx, count) for a in q_args]  # crop first: copy less
-            fp_in = [_take(_crop(f, window), idx, count) for f in fp_args]
+            window = None if operands else crop_window(q_args, o.crop, generator, o.crop_multiple or 1)
+            q_in = [_take(apply_crop(a, window), idx, count) for a in q_args]  # crop first: copy less
+            fp_in = [_take(apply_crop(f, window), idx, count) for f in fp_args]
             kwargs = {k: _take(v, idx, count) for k, v in q_kwargs.items()}
             if window is None:
                 y = target[idx]
@@ -275,7 +275,7 @@ def activation_quantizers(members) -> list[Quantizer]:
     return [q for m in members for n in names if isinstance(q := getattr(m, n, None), Quantizer)]
 
 
-def _window(args, crop: int | None, generator: torch.Generator, multiple: int = 1):
+def crop_window(args, crop: int | None, generator: torch.Generator, multiple: int = 1):
     """(top, left, size) of a random crop of the 4-D inputs, size floored to a multiple of
     ``multiple``, or None (no crop: ``crop`` is None, an input is not 4-D, the inputs are no
     larger than the crop, or the floored size is 0)."""
@@ -293,7 +293,8 @@ def _window(args, crop: int | None, generator: torch.Generator, multiple: int = 
     return top, left, size
 
 
-def _crop(value, window):
+def apply_crop(value, window):
+    """``value[..., top:top + size, left:left + size]`` for a 4-D tensor and a window, else ``value``."""
     if window is None or not isinstance(value, torch.Tensor) or value.dim() != 4:
         return value
     top, left, size = window
@@ -307,5 +308,5 @@ def _mix(q: torch.Tensor, fp: torch.Tensor, p: float, generator: torch.Generator
     return torch.where(torch.rand(q.shape, generator=generator, device=q.device) < p, fp, q)
 
 
-__all__ = ["ReconstructionOptions", "capture", "reconstruct", "reconstruction_units",
-           "spatial_multiple"]
+__all__ = ["ReconstructionOptions", "apply_crop", "capture", "crop_window", "reconstruct",
+           "reconstruction_units", "spatial_multiple"]
