@@ -1,10 +1,10 @@
 """Low-bit PTQ (issue 16): [scale migration →] MSE- (or DOBI-) initialised uniform quantizers
-[with Hadamard-rotated Linear and/or conv inputs] → bias correction → block reconstruction
+[with Hadamard-rotated Linear and/or conv inputs] [and centred Linear inputs] → bias correction → block reconstruction
 with learned rounding, learned weight steps and QDrop (METHODS.md §10.1–10.4) → [DQC on the activation bounds] →
 freeze.
 
 Each component has a switch (``scale_migration.enabled``, ``init``, ``rotation``,
-``rotation_layers``, ``rotation_exclude``, ``bias_correction.enabled``, ``reconstruction.enabled``,
+``rotation_layers``, ``rotation_exclude``, ``input_shift``, ``bias_correction.enabled``, ``reconstruction.enabled``,
 ``reconstruction.learn_rounding``, ``reconstruction.drop_prob=0``, ``reconstruction.act_lr=0``,
 ``reconstruction.weight_scale_lr=0``, ``dqc.iterations``), so the ablation rows are config overrides. Blocks are the model's
 feature blocks (the zoo's, or ``feature_blocks=``); every quantized layer outside them is
@@ -29,6 +29,7 @@ from srq.quant import freeze
 from srq.quant.bias_correction import correct_bias
 from srq.quant.reconstruct import ReconstructionOptions, reconstruct, reconstruction_units
 from srq.quant.modules import QuantLinear
+from srq.quant.input_shift import SHIFTS, shift_inputs
 from srq.quant.rotation import ROTATED_LAYERS, ROTATIONS, rotate_inputs
 from srq.quant.scale_migration import migrate_scales
 
@@ -108,6 +109,8 @@ class LowBitConfig(UniformConfig):
     rotation_layers: str = "auto"  # which inputs hadamard rotates: linear | conv (groups 1) | all |
     # auto: linear on the transformer op set, all on CNNs
     rotation_exclude: tuple = ()  # globs of layer names hadamard leaves unrotated (e.g. "*.fc2")
+    input_shift: str = "none"  # mean | midpoint: per-channel shift of every Linear input (after
+    # its rotation) folded into the bias (srq.quant.input_shift) | none
     weight: TensorSettings = TensorSettings(observer="mse", mode="narrow", per_channel=True,
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
@@ -128,6 +131,7 @@ class LowBitConfig(UniformConfig):
         choice(self.dobi_mode, ("free", "integer"), "method.dobi_mode")
         choice(self.rotation, ("auto",) + ROTATIONS, "method.rotation")
         choice(self.rotation_layers, ("auto",) + ROTATED_LAYERS, "method.rotation_layers")
+        choice(self.input_shift, SHIFTS, "method.input_shift")
         if self.rotation == "hadamard" and self.init == "dobi" and "*.fc2" in self.dobi.one_sided_for:
             raise ConfigError("method.rotation=hadamard makes fc2's input signed, so DOBI's "
                               "one-sided fc2 bounds would clip it; add "
@@ -173,15 +177,20 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         model = copy.deepcopy(model)  # same per-layer activations as the student's
         calib_info["scale_migration"] = migrate_scales(model, batches, float(cfg.scale_migration.alpha))
         teacher = model
-    prepare, calib_info["rotation"] = None, rotation_for(model, cfg)
+    calib_info["rotation"] = rotation_for(model, cfg)
     if calib_info["rotation"] == "hadamard":
-        layers = calib_info["rotation_layers"] = rotated_layers_for(model, cfg)
+        calib_info["rotation_layers"] = rotated_layers_for(model, cfg)
+    if cfg.input_shift != "none":
+        calib_info["input_shift"] = cfg.input_shift
 
-        def prepare(student):
+    def prepare(student):  # on the quantized copy, before calibration
+        if calib_info["rotation"] == "hadamard":
             _check_globs(student, cfg.rotation_exclude, "method.rotation_exclude")
-            names = rotate_inputs(student, layers, tuple(cfg.rotation_exclude))
+            names = rotate_inputs(student, calib_info["rotation_layers"], tuple(cfg.rotation_exclude))
             linears = sum(isinstance(student.get_submodule(n), QuantLinear) for n in names)
             calib_info["rotated_linears"], calib_info["rotated_convs"] = linears, len(names) - linears
+        if cfg.input_shift != "none":  # after the rotation: the shift is over H x
+            calib_info["shifted_linears"] = len(shift_inputs(student, batches, cfg.input_shift))
     if cfg.init == "dobi":
         dobi_cfg = DOBIConfig(bits=cfg.bits, calib=cfg.calib, ops=cfg.ops, layer_policy=cfg.layer_policy,
                               exclude=tuple(cfg.exclude), mode=cfg.dobi_mode, dobi=cfg.dobi)

@@ -39,6 +39,7 @@ class QuantModule(nn.Module):
         self.input_quantizer = build_quantizer(inputs) if inputs is not None else None
         self.output_quantizer = build_quantizer(outputs) if outputs is not None else None
         self.input_rotation = None  # "hadamard": x ↦ H x before the input quantizer (rotation.py)
+        self.register_buffer("input_shift", None)  # per-channel c: x ↦ x − c after the rotation (input_shift.py)
         self.frozen = False
 
     def forward(self, x):
@@ -54,6 +55,10 @@ class QuantModule(nn.Module):
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_rotation is not None:
             x = fwht(x, dim=self.channel_dim)
+        if self.input_shift is not None:
+            shape = [1] * x.dim()
+            shape[self.channel_dim] = -1
+            x = x - self.input_shift.reshape(shape)
         return self.input_quantizer(x) if self.input_quantizer is not None else x
 
     def formats(self) -> dict[str, str | None]:
@@ -67,6 +72,8 @@ class QuantModule(nn.Module):
             out["output"] = str(self.output_quantizer.fmt)
         if self.input_rotation is not None:
             out["input_rotation"] = self.input_rotation
+        if self.input_shift is not None:
+            out["input_shift"] = "per-channel, folded into the bias"
         return out
 
 

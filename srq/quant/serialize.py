@@ -105,6 +105,8 @@ def quantized_state(model: nn.Module, skip: set[str] = frozenset()
             entry["is_edge"] = True
         if getattr(module, "input_rotation", None) is not None:
             entry["input_rotation"] = module.input_rotation
+        if getattr(module, "input_shift", None) is not None:
+            entry["input_shift"] = True  # c in the state (<name>.input_shift), W c in the bias
         for slot in SLOTS:
             q = getattr(module, slot, None)
             if q is not None:
@@ -191,6 +193,10 @@ def restore_quantized(model: nn.Module, qmap: dict, palettes: dict,
         wrapper.is_edge = bool(entry.get("is_edge"))
         if entry.get("input_rotation") is not None:
             wrapper.input_rotation = entry["input_rotation"]
+        if entry.get("input_shift"):
+            wrapper.input_shift = torch.zeros(module.weight.shape[1], device=module.weight.device)
+            if getattr(module, "bias", False) is None:  # the shift gave the layer a bias
+                module.bias = nn.Parameter(torch.zeros(module.weight.shape[0], device=module.weight.device))
         parent, _, child = name.rpartition(".")
         setattr(modules[parent] if parent else model, child, wrapper)
     modules = dict(model.named_modules())  # after wrapping: palettes sit inside wrappers
