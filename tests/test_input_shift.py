@@ -1,5 +1,5 @@
-"""Per-channel input shifts folded into Linear biases: the FP function unchanged (zoo
-transformer and a bias-free layer), the shift equal to the hand-computed channel mean /
+"""Per-channel input shifts folded into biases: the FP function unchanged (zoo transformer,
+zoo CNNs with padded convs, a bias-free layer), the shift equal to the hand-computed channel mean /
 midpoint of the rotated input, the 4-bit gain on a rotated GELU output, the artifact round
 trip and ONNX Runtime."""
 
@@ -45,6 +45,25 @@ def test_shift_keeps_the_fp_function_of_a_rotated_zoo_transformer(data_dir):
     assert len(names) == 24
     with torch.no_grad():
         assert float((_fp_output(student, x) - fp(x)).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["imdn_x4", "pan_x4"])
+def test_conv_shift_keeps_the_fp_function_of_zoo_cnns_at_the_borders_too(name, data_dir):
+    from srq.models.zoo import build_model
+    from srq.quant.rotation import rotate_inputs
+    fp = build_model(name).eval()
+    x = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))  # smooth, image-like:
+    x = torch.nn.functional.interpolate(x, size=(13, 17), mode="bilinear")  # PAN blows up on noise
+    student = copy.deepcopy(fp)
+    quantize(student, QuantSpec(weight=QuantFormat(4, "narrow", axis=0), input=QuantFormat(4, "integer"),
+                                layer_policy="all"), example_input=x[:1])
+    rotate_inputs(student, "all")
+    names = shift_inputs(student, [x], "mean", "all")
+    layers = {n for n, m in fp.named_modules() if type(m) is nn.Linear
+              or type(m) is nn.Conv2d and m.groups == 1}  # not transposed or grouped ones
+    assert set(names) == layers
+    with torch.no_grad():
+        assert float((_fp_output(student, x) - fp(x)).abs().max()) <= 1e-4
 
 
 @pytest.mark.parametrize("mode", ["mean", "midpoint"])
@@ -106,8 +125,9 @@ def test_lowbit_input_shift_round_trips_through_the_artifact_and_onnx_runtime(tm
     cfg = srq.config("lowbit", bits="w8a8", overrides=["input_shift=mean", "reconstruction.iterations=3",
                                                       "reconstruction.crop=4"])
     q = srq.quantize(fp, cfg, calib=x)
-    assert q.srq_method["info"]["calibration"]["shifted_linears"] == 2
-    assert all(srq.quant.quantization_map(q)[n].get("input_shift") for n in ("fc1", "fc2"))
+    info = q.srq_method["info"]["calibration"]
+    assert (info["shifted_linears"], info["shifted_convs"]) == (2, 2)  # a CNN op set: all layers
+    assert all(srq.quant.quantization_map(q)[n].get("input_shift") for n in ("head", "fc1", "fc2", "tail"))
     srq.save(q, tmp_path / "tiny.srq")
     loaded = srq.load(tmp_path / "tiny.srq", model=TinyTransformer())  # fc2 has no bias here
     ort = OrtModel(export_onnx(q, tmp_path / "tiny.onnx")["path"], scale=1, optimize=False)

@@ -29,7 +29,7 @@ from srq.quant import freeze
 from srq.quant.bias_correction import correct_bias
 from srq.quant.reconstruct import ReconstructionOptions, reconstruct, reconstruction_units
 from srq.quant.modules import QuantLinear
-from srq.quant.input_shift import SHIFTS, shift_inputs
+from srq.quant.input_shift import SHIFTED_LAYERS, SHIFTS, shift_inputs
 from srq.quant.rotation import ROTATED_LAYERS, ROTATIONS, rotate_inputs
 from srq.quant.scale_migration import migrate_scales
 
@@ -109,8 +109,9 @@ class LowBitConfig(UniformConfig):
     rotation_layers: str = "auto"  # which inputs hadamard rotates: linear | conv (groups 1) | all |
     # auto: linear on the transformer op set, all on CNNs
     rotation_exclude: tuple = ()  # globs of layer names hadamard leaves unrotated (e.g. "*.fc2")
-    input_shift: str = "none"  # mean | midpoint: per-channel shift of every Linear input (after
-    # its rotation) folded into the bias (srq.quant.input_shift) | none
+    input_shift: str = "none"  # mean | midpoint: per-channel shift of the inputs of
+    # input_shift_layers (after their rotation) folded into the biases (srq.quant.input_shift) | none
+    input_shift_layers: str = "auto"  # linear | conv | all | auto: linear on the transformer op set, all on CNNs
     weight: TensorSettings = TensorSettings(observer="mse", mode="narrow", per_channel=True,
                                             args={"candidates": 100})
     act: TensorSettings = TensorSettings(observer="mse", mode="integer",
@@ -132,6 +133,7 @@ class LowBitConfig(UniformConfig):
         choice(self.rotation, ("auto",) + ROTATIONS, "method.rotation")
         choice(self.rotation_layers, ("auto",) + ROTATED_LAYERS, "method.rotation_layers")
         choice(self.input_shift, SHIFTS, "method.input_shift")
+        choice(self.input_shift_layers, ("auto",) + SHIFTED_LAYERS, "method.input_shift_layers")
         if self.rotation == "hadamard" and self.init == "dobi" and "*.fc2" in self.dobi.one_sided_for:
             raise ConfigError("method.rotation=hadamard makes fc2's input signed, so DOBI's "
                               "one-sided fc2 bounds would clip it; add "
@@ -152,11 +154,13 @@ def rotation_for(model, cfg: LowBitConfig) -> str:
     return "none" if one_sided_fc2 else "hadamard"
 
 
-def rotated_layers_for(model, cfg: LowBitConfig) -> str:
-    """Which inputs a hadamard rotation takes: ``auto`` → linear on the transformer op set
-    (its convs stay FP), all (convs and linears) on a CNN."""
-    if cfg.rotation_layers != "auto":
-        return cfg.rotation_layers
+def rotated_layers_for(model, cfg: LowBitConfig, chosen: str | None = None) -> str:
+    """Which inputs a hadamard rotation (or, with ``chosen`` = ``input_shift_layers``, an
+    input shift) takes: ``auto`` → linear on the transformer op set (its convs stay FP), all
+    (convs and linears) on a CNN."""
+    chosen = cfg.rotation_layers if chosen is None else chosen
+    if chosen != "auto":
+        return chosen
     return "linear" if op_set(model, cfg.ops) == "transformer" else "all"
 
 
@@ -182,6 +186,7 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
         calib_info["rotation_layers"] = rotated_layers_for(model, cfg)
     if cfg.input_shift != "none":
         calib_info["input_shift"] = cfg.input_shift
+        calib_info["input_shift_layers"] = rotated_layers_for(model, cfg, cfg.input_shift_layers)
 
     def prepare(student):  # on the quantized copy, before calibration
         if calib_info["rotation"] == "hadamard":
@@ -190,7 +195,9 @@ def lowbit(model, cfg: LowBitConfig, calib, *, teacher=None, feature_blocks=None
             linears = sum(isinstance(student.get_submodule(n), QuantLinear) for n in names)
             calib_info["rotated_linears"], calib_info["rotated_convs"] = linears, len(names) - linears
         if cfg.input_shift != "none":  # after the rotation: the shift is over H x
-            calib_info["shifted_linears"] = len(shift_inputs(student, batches, cfg.input_shift))
+            names = shift_inputs(student, batches, cfg.input_shift, calib_info["input_shift_layers"])
+            linears = sum(isinstance(student.get_submodule(n), QuantLinear) for n in names)
+            calib_info["shifted_linears"], calib_info["shifted_convs"] = linears, len(names) - linears
     if cfg.init == "dobi":
         dobi_cfg = DOBIConfig(bits=cfg.bits, calib=cfg.calib, ops=cfg.ops, layer_policy=cfg.layer_policy,
                               exclude=tuple(cfg.exclude), mode=cfg.dobi_mode, dobi=cfg.dobi)

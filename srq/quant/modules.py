@@ -78,8 +78,17 @@ class QuantModule(nn.Module):
 
 
 class QuantConv2d(QuantModule):
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_shift is not None:  # pad first, so the padding is shifted too (exact fold)
+            ph, pw = self.module.padding
+            x = F.pad(x, (pw, pw, ph, ph))
+        return super().quantized_input(x)
+
     def compute(self, x, w):
-        return self.module._conv_forward(x, w, self.module.bias)
+        m = self.module
+        if self.input_shift is not None:  # padded in quantized_input
+            return F.conv2d(x, w, m.bias, m.stride, 0, m.dilation, m.groups)
+        return m._conv_forward(x, w, m.bias)
 
 
 class QuantConvTranspose2d(QuantModule):
