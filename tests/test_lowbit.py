@@ -209,8 +209,10 @@ def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy, tmp_path)
     loaded = srq.load(srq.save(q, tmp_path / "toy_lowbit.srq"), model=Net())
     with torch.no_grad():  # the artifact holds the learned rounding and bounds exactly
         assert torch.equal(loaded(x), q(x))
+    assert info["calibration"]["input_shift"] == "mean"  # auto below 8-bit activations
     off = srq.config("lowbit", bits="w3a3", overrides=["method.reconstruction.enabled=false",
-                                                       "method.bias_correction.enabled=false"])
+                                                       "method.bias_correction.enabled=false",
+                                                       "method.input_shift=none"])
     mse = srq.config("mse", bits="w3a3")
     a, b = srq.quantize(fp, off, calib=x), srq.quantize(fp, mse, calib=x)
     with torch.no_grad():  # every component off: exactly the MSE baseline
@@ -458,6 +460,25 @@ def test_rotation_auto_is_none_on_low_bit_cnns_and_with_dobis_one_sided_fc2(toy)
     assert rotation_for(transformer, srq.config("lowbit", bits="w4a4", overrides=[
         "init=dobi", "dobi.one_sided_for=[*.matmul_av]"])) == "hadamard"
     assert rotation_for(transformer, srq.config("lowbit", bits="w4a4", overrides=["rotation=none"])) == "none"
+
+
+def test_input_shift_auto_is_mean_below_8_bit_activations_and_never_with_dobis_one_sided_fc2(toy):
+    from srq.methods.lowbit import input_shift_for
+    fp, x = toy
+    assert input_shift_for(srq.config("lowbit", bits="w4a4")) == "mean"
+    assert input_shift_for(srq.config("lowbit", bits="w8a8")) == "none"
+    assert input_shift_for(srq.config("lowbit", bits="w4a4", overrides=["init=dobi"])) == "none"
+    assert input_shift_for(srq.config("lowbit", bits="w4a4", overrides=[
+        "init=dobi", "dobi.one_sided_for=[*.matmul_av]"])) == "mean"
+    with pytest.raises(ConfigError, match="input_shift=none"):
+        srq.config("lowbit", bits="w4a4", overrides=["input_shift=midpoint", "init=dobi"])
+    cfg = srq.config("lowbit", bits="w4a4", overrides=["reconstruction.enabled=false"])
+    q = srq.quantize(fp, cfg, calib=x)  # the shift ran: every conv with a padded/bias fold
+    shifted = {n for n, f in srq.quant.quantization_map(q).items() if f.get("input_shift")}
+    assert shifted and q.srq_method["info"]["calibration"]["shifted_convs"] == len(shifted)
+    with torch.no_grad():  # the same model unshifted is the MSE baseline: the shift changed it
+        plain = srq.quantize(fp, srq.config("mse", bits="w4a4"), calib=x)
+        assert not torch.equal(q(x), plain(x))
 
 
 def test_rotation_with_dobis_one_sided_fc2_is_one_clear_error():
