@@ -13,6 +13,7 @@ from torch import nn
 import srq
 from srq.quant import QuantFormat, QuantSpec, calibration_mode, quantize, quantizers, wrapped_modules
 from srq.quant.rotation import fwht, hadamard_matrix, rotate_inputs, rotate_linear_inputs
+from tiny_nets import TinyTransformer
 
 
 def test_fwht_is_the_orthogonal_sylvester_hadamard_transform():
@@ -70,19 +71,6 @@ def test_rotation_lowers_the_4bit_error_of_a_layer_with_an_outlier_channel():
         with torch.no_grad():
             errors[rotate] = float((student(x) - lin(x)).pow(2).mean())
     assert errors[True] < 0.7 * errors[False]  # measured 0.57×
-
-
-class TinyTransformer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.head, self.norm = nn.Conv2d(3, 16, 3, padding=1), nn.LayerNorm(16)
-        self.fc1, self.fc2, self.tail = nn.Linear(16, 32), nn.Linear(32, 16), nn.Conv2d(16, 3, 3, padding=1)
-
-    def forward(self, x):
-        f = self.head(x)
-        t = f.flatten(2).transpose(1, 2)
-        t = t + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(t))))
-        return self.tail(t.transpose(1, 2).reshape(f.shape))
 
 
 def test_lowbit_with_rotation_round_trips_through_the_artifact(tmp_path):
