@@ -126,6 +126,11 @@ class LowBitConfig(UniformConfig):
     def train_patches(self) -> int | None:
         return self.dqc.num_patches if self.dqc.iterations > 0 else None
 
+    @property
+    def one_sided_fc2(self) -> bool:
+        """DOBI's fc2 bounds are one-sided (x ≥ 0): a rotated or shifted fc2 input is signed."""
+        return self.init == "dobi" and "*.fc2" in self.dobi.one_sided_for
+
     def validate(self):
         super().validate()
         choice(self.ops, OPS, "method.ops")
@@ -135,11 +140,11 @@ class LowBitConfig(UniformConfig):
         choice(self.rotation_layers, ("auto",) + ROTATED_LAYERS, "method.rotation_layers")
         choice(self.input_shift, ("auto",) + SHIFTS, "method.input_shift")
         choice(self.input_shift_layers, ("auto",) + SHIFTED_LAYERS, "method.input_shift_layers")
-        if self.rotation == "hadamard" and self.init == "dobi" and "*.fc2" in self.dobi.one_sided_for:
+        if self.rotation == "hadamard" and self.one_sided_fc2:
             raise ConfigError("method.rotation=hadamard makes fc2's input signed, so DOBI's "
                               "one-sided fc2 bounds would clip it; add "
                               "method.dobi.one_sided_for=[*.matmul_av]")
-        if self.input_shift in ("mean", "midpoint") and self.init == "dobi" and "*.fc2" in self.dobi.one_sided_for:
+        if self.input_shift in ("mean", "midpoint") and self.one_sided_fc2:
             raise ConfigError(f"method.input_shift={self.input_shift} makes fc2's input signed, so "
                               "DOBI's one-sided fc2 bounds would clip it; add "
                               "method.dobi.one_sided_for=[*.matmul_av] or method.input_shift=none")
@@ -155,8 +160,7 @@ def rotation_for(model, cfg: LowBitConfig) -> str:
         return cfg.rotation
     if op_set(model, cfg.ops) != "transformer":
         return "hadamard" if (cfg.bits.act_bits or 0) >= 8 else "none"
-    one_sided_fc2 = cfg.init == "dobi" and "*.fc2" in cfg.dobi.one_sided_for
-    return "none" if one_sided_fc2 else "hadamard"
+    return "none" if cfg.one_sided_fc2 else "hadamard"
 
 
 def input_shift_for(cfg: LowBitConfig) -> str:
@@ -166,9 +170,8 @@ def input_shift_for(cfg: LowBitConfig) -> str:
     not measured with it)."""
     if cfg.input_shift != "auto":
         return cfg.input_shift
-    one_sided_fc2 = cfg.init == "dobi" and "*.fc2" in cfg.dobi.one_sided_for
     low = cfg.bits.act_bits is not None and cfg.bits.act_bits < 8
-    return "mean" if low and not one_sided_fc2 else "none"
+    return "mean" if low and not cfg.one_sided_fc2 else "none"
 
 
 def rotated_layers_for(model, cfg: LowBitConfig, chosen: str | None = None) -> str:
