@@ -155,6 +155,63 @@ def test_bound_gradients_match_finite_differences_where_smooth():
     assert hi.grad.item() == pytest.approx(((up - down) / (2 * eps)).item(), abs=1e-3)
 
 
+def _fake_quantize_by_autograd(x, lo, hi, bits, mode, keep=None):
+    """The same maths composed from plain torch ops, differentiated by autograd (the reference
+    for the closed-form backward of fake_quantize)."""
+    def ste(t):
+        return t + (torch.round(t) - t).detach()
+
+    def clip(v, a, b):
+        return torch.where(v < a, a, torch.where(v > b, b, v))
+    if mode == "free":
+        scale = (hi - lo) / (2**bits - 1)
+        y = lo + scale * ste((clip(x, lo, hi) - lo) / scale)
+    else:
+        scale, z = choose_qparams(lo, hi, bits, mode)
+        r_min, r_max = qrange(bits, mode)
+        z = z.detach()
+        y = scale * ste(clip(x, scale * (r_min - z), scale * (r_max - z)) * (1.0 / scale))
+    return y if keep is None else torch.where(keep, x, y)
+
+
+@pytest.mark.parametrize("mode", ["free", "integer", "narrow"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("qdrop", [False, True])
+def test_closed_form_backward_equals_autograd_of_the_composed_ops(mode, per_channel, qdrop):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 6, 5, generator=g) * 2).requires_grad_(True)
+    shape = (1, 6, 1) if per_channel else ()
+    lo = (-torch.rand(shape, generator=g) - 0.5).requires_grad_(True)
+    hi = (torch.rand(shape, generator=g) + 0.5).requires_grad_(True)
+    keep = torch.rand(x.shape, generator=g) < 0.5 if qdrop else None
+    w = torch.randn(x.shape, generator=g)
+    y = fake_quantize(x, lo, hi, 3, mode, keep=keep)
+    y_ref = _fake_quantize_by_autograd(x, lo, hi, 3, mode, keep)
+    assert torch.equal(y, y_ref)
+    grads = torch.autograd.grad((y * w).sum(), (x, lo, hi) if mode != "narrow" else (x, hi))
+    refs = torch.autograd.grad((y_ref * w).sum(), (x, lo, hi) if mode != "narrow" else (x, hi))
+    for got, ref in zip(grads, refs):
+        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_integer_scale_gradient_equals_torchs_learnable_fake_quantize():
+    """With the zero point held, ∂/∂Δ of x_q is LSQ's, as torch's fused learnable kernel gives it
+    (away from the half steps just outside the range, where torch rounds before it clips and
+    srq clips before it rounds: there torch's ∂/∂Δ is r − x/Δ, srq's the bound's r_min − z)."""
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 1.5
+    scale, zp, bits = torch.tensor([0.21]), torch.tensor([5.0]), 4
+    t = x / scale
+    x = x[((t <= -5.5) | (t >= -5)) & ((t <= 10) | (t >= 10.5))]
+    s = scale.clone().requires_grad_(True)
+    ref = torch._fake_quantize_learnable_per_tensor_affine(x, s, zp, 0, 2**bits - 1, 1.0)
+    ref.sum().backward()
+    delta = scale.clone().requires_grad_(True)  # lo, hi as functions of Δ with z = 5 fixed
+    y = fake_quantize(x, -5 * delta[0], (2**bits - 1 - 5) * delta[0], bits, "integer")
+    assert torch.equal(y, ref.detach())
+    y.sum().backward()
+    assert delta.grad.item() == pytest.approx(s.grad.item(), rel=1e-4)
+
+
 bits_st = st.sampled_from([2, 3, 4, 6, 8])
 mode_st = st.sampled_from(["free", "integer", "two_bound", "narrow", "full"])
 

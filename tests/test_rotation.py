@@ -97,6 +97,19 @@ def test_fwht_along_the_channel_dim_is_the_matrix_over_that_dim():
     assert torch.allclose(fwht(fwht(x, dim=1), dim=1), x, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape, dim", [((3, 5, 32), -1), ((2, 16, 5, 7), 1), ((2, 8, 4, 3), 2)])
+def test_fwht_under_autograd_is_the_same_transform_and_its_gradient_is_h(shape, dim):
+    """With autograd recording, fwht takes the dense product (x H or a 1×1 conv) where it can:
+    the same values as the butterflies, and ∂/∂x of <g, H x> = H g."""
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape, dtype=torch.float64)
+    h = hadamard_matrix(shape[dim])
+    y = fwht(x, dim=dim)
+    assert torch.allclose(y, fwht(x.detach(), dim=dim), atol=1e-12)
+    (y * g).sum().backward()
+    assert torch.allclose(x.grad, torch.movedim(torch.movedim(g, dim, -1) @ h, -1, dim), atol=1e-12)
+
+
 @pytest.mark.parametrize("name, layers, rotated", [("imdn_x4", "conv", 26), ("imdn_x4", "linear", 0),
                                                    ("imdtn_x4", "all", None)])
 def test_conv_rotation_keeps_the_fp_function(name, layers, rotated, data_dir):

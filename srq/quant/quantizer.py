@@ -98,16 +98,20 @@ class UniformQuantizer(Quantizer):
                                                  symmetric=fmt.symmetric, **kwargs)
         self.lo = nn.Parameter(torch.tensor(0.0), requires_grad=False)
         self.hi = nn.Parameter(torch.tensor(0.0), requires_grad=False)
+        self.drop_prob, self.drop_generator = 0.0, None  # QDrop while reconstructing (reconstruct.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
             return self.observer(x)
         if not self.enabled:
             return x
+        keep = (torch.rand(x.shape, generator=self.drop_generator, device=x.device) < self.drop_prob
+                if self.drop_prob > 0 else None)
         if self.fmt.rounding == "half_even" and not (torch.is_grad_enabled() and (
                 x.requires_grad or self.lo.requires_grad or self.hi.requires_grad)):
-            return fake_quantize_inference(x, self.lo, self.hi, self.fmt.bits, self.fmt.mode)
-        return fake_quantize(x, self.lo, self.hi, self.fmt.bits, self.fmt.mode, self.fmt.rounding)
+            y = fake_quantize_inference(x, self.lo, self.hi, self.fmt.bits, self.fmt.mode)
+            return y if keep is None else torch.where(keep, x, y)
+        return fake_quantize(x, self.lo, self.hi, self.fmt.bits, self.fmt.mode, self.fmt.rounding, keep)
 
     @torch.no_grad()
     def set_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from srq.quant.adaround import AdaRoundWeight, beta_schedule
 from srq.quant.api import execution_order, wrapped_modules
 from srq.quant.modules import QuantMatMul, QuantModule
-from srq.quant.quantizer import Quantizer
+from srq.quant.quantizer import Quantizer, UniformQuantizer
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,11 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
     act = [p for qz in act_quantizers for p in qz.learnable().values()] if o.act_lr > 0 else []
     for p in act:
         p.requires_grad_(True)
+    fused = [qz for qz in act_quantizers if isinstance(qz, UniformQuantizer)] if o.drop_prob > 0 else []
+    for qz in fused:  # QDrop inside the fake-quantize pass; other quantizers: a hook
+        qz.drop_prob, qz.drop_generator = float(o.drop_prob), generator
     handles = [qz.register_forward_hook(_drop_hook(o.drop_prob, generator))
-               for qz in act_quantizers] if o.drop_prob > 0 else []
+               for qz in act_quantizers if qz not in fused] if o.drop_prob > 0 else []
     opts = []
     if rounding:
         opts.append(torch.optim.Adam([a.V for _, a in rounding.values()], lr=o.lr))
@@ -254,6 +257,8 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
     finally:
         for h in handles:
             h.remove()
+        for qz in fused:
+            qz.drop_prob, qz.drop_generator = 0.0, None
         for p in act + biases + gains:
             p.requires_grad_(False)
         flipped = []
