@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "collect_results.py"
 
 
@@ -224,3 +226,24 @@ def test_bit_dip_probe_measures_and_removes_the_residual():
             assert probe.summary() == {"residual_norm_ratio": ratio, "residual_cosine": cosine}
         probe.mode = "zero"
         assert torch.equal(q(x[0]), x[0])
+
+
+def test_bench_reconstruct_times_a_worktree_of_another_revision(tmp_path, data_dir):
+    """bench_reconstruct beside a git revision: both sides time the feature blocks, the other
+    side imports the worktree's srq (the script refuses otherwise), and the table has the ratio."""
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    out = tmp_path / "rec.json"
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "bench_reconstruct.py"), "--models",
+                           "carn_m_x4", "--steps", "0", "2", "--drop-probs", "0.5", "--patches", "4",
+                           "--patch-size", "24", "--compare-to", "HEAD", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert set(row["s_per_step"]) == {"HEAD", "this checkout"}
+    assert all(v > 0 for v in row["s_per_step"].values())
+    assert row["ratio"] == row["s_per_step"]["HEAD"] / row["s_per_step"]["this checkout"]
+    assert "| carn_m_x4 | w4a4 | 0.5 | 1 |" in out.with_suffix(".md").read_text()
+    listed = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "srq-bench-" not in listed  # the temporary worktree is gone
