@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= low < high:
         parser.error(f"--steps {low} {high}: need 0 ≤ LOW < HIGH")
     root = Path(__file__).resolve().parents[1]
+    # SIGTERM exits through the finally blocks: the worker is killed, the worktree removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="srq-bench-") as tmp:
         sources = {"this checkout": None}
         if args.compare_to:
