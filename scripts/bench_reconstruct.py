@@ -57,7 +57,8 @@ def _measure(src: str | None, name: str, bits: str, steps: int, drop: float, thr
     if src is not None:
         env["SRQ_BENCH_SRC"] = src
     proc = subprocess.run([sys.executable, "-c", WORKER, name, bits, str(steps), str(drop), str(threads),
-                           str(patches), str(size)], capture_output=True, text=True, env=env)
+                           str(patches), str(size)], capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir())  # not the repo root: `-c` puts the cwd on sys.path
     if proc.returncode != 0:
         raise RuntimeError(f"{name} ({src or 'this checkout'}): {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             tree = str(Path(tmp) / "tree")
             subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", tree, args.compare_to],
                            check=True, capture_output=True)
+            os.symlink("../conf", Path(tree) / "srq" / "conf")  # what the install maps to srq.conf
             sources = {args.compare_to: tree, **sources}
         rows = []
         try:
