@@ -1,7 +1,7 @@
 """Per-channel input shifts folded into biases: the FP function unchanged (zoo transformer,
 zoo CNNs with padded convs, a bias-free layer), the shift equal to the hand-computed channel mean /
-midpoint of the rotated input, the 4-bit gain on a rotated GELU output, the artifact round
-trip and ONNX Runtime."""
+midpoint of the rotated input, the 4-bit gain on a rotated GELU output, learned shifts whose
+bias folds stay exact, the artifact round trip and ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -102,6 +102,37 @@ def test_shift_lowers_the_4bit_error_of_a_rotated_gelu_output():
     assert errors[True] < 0.5 * errors[False]  # measured 0.41×
 
 
+def test_learned_shifts_move_and_their_bias_folds_keep_the_fp_function():
+    from srq.quant.reconstruct import ReconstructionOptions, reconstruct
+
+    torch.manual_seed(0)
+    fp = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+    x = torch.rand(16, 4, 12, 12) + torch.arange(4.0).view(1, 4, 1, 1)
+    student = copy.deepcopy(fp)
+    spec = QuantSpec(weight=QuantFormat(4, "narrow", axis=0, observer="minmax"),
+                     input=QuantFormat(4, "integer", observer="minmax"), layer_policy="all")
+    quantize(student, spec, include=["0", "2"], example_input=x[:1])
+    assert shift_inputs(student, [x], "mean", "all") == ["0", "2"]
+    with calibration_mode(student), torch.no_grad():
+        student(x)
+    before = {k: (student[k].input_shift.clone(), student[k].module.bias.detach().clone()) for k in (0, 2)}
+    bias = student[0].module.bias
+    reconstruct(student, fp, [x[:8], x[8:]], ["0", "2"],
+                ReconstructionOptions(iterations=30, crop=None, shift_lr=1e-2), progress=False)
+    for k in (0, 2):
+        m, (c0, b0) = student[k], before[k]
+        assert type(m.module) is nn.Conv2d and not m.input_shift.requires_grad  # plain again
+        moved = m.input_shift - c0
+        assert float(moved.abs().max()) > 1e-3
+        fold = fp[k].weight.detach().sum((2, 3)) @ moved  # b = b₀ + Σₖ Wₖ δ, the FP weight
+        assert torch.allclose(m.module.bias.detach(), b0 + fold, atol=1e-5)
+    assert student[0].module.bias is bias  # the same Parameter, written in place
+    for k in (0, 2):  # FP weights back: the FP function is unchanged by the learned shifts
+        student[k].module.weight.data.copy_(fp[k].weight)
+    with torch.no_grad():
+        assert float((_fp_output(student, x) - fp(x)).abs().max()) <= 1e-5
+
+
 def test_lowbit_input_shift_round_trips_through_the_artifact_and_onnx_runtime(tmp_path):
     pytest.importorskip("onnxruntime")
     from srq.deploy import OrtModel, export_onnx
@@ -109,7 +140,8 @@ def test_lowbit_input_shift_round_trips_through_the_artifact_and_onnx_runtime(tm
     torch.manual_seed(0)
     fp, x = TinyTransformer(fc2_bias=False).eval(), torch.rand(8, 3, 8, 8)
     cfg = srq.config("lowbit", bits="w8a8", overrides=["input_shift=mean", "reconstruction.iterations=3",
-                                                      "reconstruction.crop=4"])
+                                                      "reconstruction.crop=4",
+                                                      "reconstruction.shift_lr=1e-2"])
     q = srq.quantize(fp, cfg, calib=x)
     info = q.srq_method["info"]["calibration"]
     assert (info["shifted_linears"], info["shifted_convs"]) == (2, 2)  # a CNN op set: all layers

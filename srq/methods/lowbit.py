@@ -77,6 +77,7 @@ class ReconstructionSettings(Config):
     learn_rounding: bool = True
     bias_lr: float = 0.0
     weight_scale_lr: float = 3e-3  # per-channel weight-grid gains (0: calibrated steps kept)
+    shift_lr: float = 0.0  # > 0: the input shifts (and their bias folds) train too
 
     def validate(self):
         if not 0.0 <= self.drop_prob <= 1.0:

@@ -9,7 +9,10 @@ reconstructed quantized model and targets y = f_FP(x) from the FP model:
 ‖·‖² summed over channels (dim 1) and averaged over the rest, W̃ the AdaRound weights
 (:mod:`srq.quant.adaround`), (l, u) the unit's activation bounds (LSQ-style, straight-through),
 β annealed 20 → 2 after a warm-up without the regulariser; optionally the weight grids' per-channel
-gains γ (W̃ = γ(o + Δk), LSQ-style learned steps). QDrop: x̃ takes each element of
+gains γ (W̃ = γ(o + Δk), LSQ-style learned steps); optionally the per-channel input shifts c of
+shifted layers (:mod:`srq.quant.input_shift`) with their folds, c = c₀ + δ and b = b₀ + W δ (W the
+FP weight, Σₖ Wₖ for a conv), a learned per-channel offset of each input grid (OmniQuant's
+learnable equivalent transformation, shift part). QDrop: x̃ takes each element of
 x (FP) with probability p, else of x̂, and every activation quantizer inside the unit passes
 each element through unquantized with probability p; p = 0 is plain BRECQ. Afterwards the
 rounding is hardened, so every weight sits on its quantizer's grid.
@@ -44,7 +47,9 @@ class ReconstructionOptions:
     FP target recomputed on it; not for attention MatMul units) — cheaper steps, more
     positions; None: whole samples;
     ``crop_multiple``: the crop is floored to a multiple of it (windowed attention needs
-    whole windows; None: :func:`spatial_multiple` of the student)."""
+    whole windows; None: :func:`spatial_multiple` of the student); ``shift_lr`` > 0 also trains
+    the input shifts of the unit's shifted layers, each fold into the bias following (Adam,
+    cosine; 0: the calibration shifts stay)."""
 
     iterations: int = 500
     batch_size: int = 8
@@ -59,6 +64,7 @@ class ReconstructionOptions:
     weight_scale_lr: float = 0.0
     crop: int | None = 32
     crop_multiple: int | None = None
+    shift_lr: float = 0.0
     seed: int = 0
 
 
@@ -218,6 +224,9 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
         g.requires_grad_(True)
     if gains:
         opts.append(torch.optim.Adam(gains, lr=o.weight_scale_lr))
+    shifts = _learned_shifts(members) if o.shift_lr > 0 else []
+    if shifts:
+        opts.append(torch.optim.Adam([d for _, d in shifts], lr=o.shift_lr))
     schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(o.iterations), 1))
                  for opt in opts[1 if rounding else 0:]]
     first = last = math.nan
@@ -261,6 +270,8 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
             qz.drop_prob, qz.drop_generator = 0.0, None
         for p in act + biases + gains:
             p.requires_grad_(False)
+        for m, _ in shifts:
+            _fix_shift(m)
         flipped = []
         for m, (original, ada) in rounding.items():
             ada.harden()
@@ -272,6 +283,48 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
     return {"unit": name, "modules": len(members), "loss_first": first, "loss_last": last,
             "flipped": round(sum(flipped) / len(flipped), 4) if flipped else 0.0,
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+class _Offset(nn.Module):
+    """Parametrization t ↦ t + A δ (A None: t + δ), δ shared with the other tensor it moves."""
+
+    def __init__(self, delta: nn.Parameter, matrix: torch.Tensor | None = None):
+        super().__init__()
+        self.delta = delta
+        self.register_buffer("matrix", matrix)
+
+    def forward(self, t):
+        return t + (self.delta if self.matrix is None else self.matrix @ self.delta)
+
+
+def _learned_shifts(members) -> list[tuple[QuantModule, nn.Parameter]]:
+    """For each unfrozen wrapped layer with an input shift c₀: δ = 0 trainable, and while it
+    trains c = c₀ + δ and its bias b = b₀ + W δ (the FP weight; Σₖ Wₖ for a conv), so the fold
+    stays exact."""
+    from torch.nn.utils import parametrize
+
+    out = []
+    for m in members:
+        if not isinstance(m, QuantModule) or m.frozen or m.input_shift is None:
+            continue
+        layer = m.module
+        w = layer.weight.detach()
+        fold = (w if w.dim() == 2 else w.sum((2, 3))).clone()
+        delta = nn.Parameter(torch.zeros_like(m.input_shift))
+        parametrize.register_parametrization(m, "input_shift", _Offset(delta), unsafe=True)
+        parametrize.register_parametrization(layer, "bias", _Offset(delta, fold), unsafe=True)
+        out.append((m, delta))
+    return out
+
+
+def _fix_shift(m: QuantModule) -> None:
+    """Write the learned c and b into the plain buffer / parameter again."""
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        parametrize.remove_parametrizations(m.module, "bias", leave_parametrized=True)
+        parametrize.remove_parametrizations(m, "input_shift", leave_parametrized=True)
+    m.module.bias.requires_grad_(False)
 
 
 def activation_quantizers(members) -> list[Quantizer]:
