@@ -205,6 +205,7 @@ def test_method_lowbit_runs_every_component_and_is_a_frozen_model(toy, tmp_path)
     info = q.srq_method["info"]
     assert info["calibration"]["bias_correction"]["layers"] == 6
     assert [r["unit"] for r in info["finetune"]["records"]] == ["head", "body.0", "body.1", "tail"]
+    assert info["finetune"]["iterations"] == 10  # the override, not auto's 500
     assert all(m.frozen for m in q.modules() if isinstance(m, QuantConv2d))
     loaded = srq.load(srq.save(q, tmp_path / "toy_lowbit.srq"), model=Net())
     with torch.no_grad():  # the artifact holds the learned rounding and bounds exactly
@@ -479,6 +480,18 @@ def test_input_shift_auto_is_mean_below_8_bit_activations_and_never_with_dobis_o
     with torch.no_grad():  # the same model unshifted is the MSE baseline: the shift changed it
         plain = srq.quantize(fp, srq.config("mse", bits="w4a4"), calib=x)
         assert not torch.equal(q(x), plain(x))
+
+
+def test_reconstruction_steps_auto_double_at_two_bits_and_a_count_overrides_them():
+    from srq.methods.lowbit import reconstruction_steps_for
+    steps = {b: reconstruction_steps_for(srq.config("lowbit", bits=b))
+             for b in ("w4a4", "w3a3", "w8a8", "w2a2", "w2a32", "w32a2")}
+    assert steps == {"w4a4": 500, "w3a3": 500, "w8a8": 500, "w2a2": 1000, "w2a32": 1000, "w32a2": 1000}
+    fixed = srq.config("lowbit", bits="w2a2", overrides=["reconstruction.iterations=7"])
+    assert reconstruction_steps_for(fixed) == 7
+    assert reconstruction_steps_for(srq.config("lowbit_gpu", bits="w2a2")) == 20000
+    with pytest.raises(ConfigError, match="step count or auto"):
+        srq.config("lowbit", bits="w2a2", overrides=["reconstruction.iterations=many"])
 
 
 def test_rotation_with_dobis_one_sided_fc2_is_one_clear_error():
