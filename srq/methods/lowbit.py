@@ -184,7 +184,7 @@ def input_shift_for(cfg: LowBitConfig) -> str:
 def reconstruction_steps_for(cfg: LowBitConfig) -> int:
     """Reconstruction steps per block: ``auto`` → 1000 when weights or activations are 2-bit or
     narrower (IMDTN ×4 W2A2: val +0.05 / +0.09 / +0.20 dB over 500 at seeds 0 / 1 / 2, RESULTS
-    §12.10), else 500 (W4A4: +0.006 val for twice the time, §12.10)."""
+    §12.10), else 500 (W4A4: +0.015 val for twice the time, §12.10)."""
     steps = cfg.reconstruction.iterations
     if steps != "auto":
         return int(steps)
