@@ -516,3 +516,77 @@ def test_reconstruction_can_learn_the_weight_steps_and_keeps_every_weight_on_its
             assert torch.allclose(q(w), w, atol=1e-6), name  # ... and the weights sit on the new grid
             codes = w.detach() / q.hi.detach()  # narrow 2 bit: Δ = u, codes in {-1, 0, 1}
             assert torch.allclose(codes, codes.round(), atol=1e-5), name
+
+
+class _Chain(nn.Module):
+    """x → a (3×3 conv) → b (1×1, per-channel gains h) → c (1×1, dense M): the rest of the
+    network after a is linear, so diag(JᵀJ) is known by hand."""
+
+    def __init__(self, h: torch.Tensor, m: torch.Tensor):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b, self.c = nn.Conv2d(4, 4, 1, bias=False), nn.Conv2d(4, m.shape[0], 1, bias=False)
+        with torch.no_grad():
+            self.b.weight.copy_(torch.diag(h)[:, :, None, None])
+            self.c.weight.copy_(m[:, :, None, None])
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+
+
+def test_output_sensitivity_is_the_diagonal_of_jtj_through_every_later_module():
+    from srq.quant.reconstruct import output_sensitivity
+
+    torch.manual_seed(0)
+    h, m = torch.tensor([2.0, 1.0, 0.5, 3.0]), torch.randn(2, 4)
+    net, x = _Chain(h, m).eval(), torch.rand(4, 3, 32, 32)
+    d = output_sensitivity(net, ["a", "b", "c"], [x[:2], x[2:]], torch.Generator().manual_seed(0), probes=4)
+    col = m.pow(2).sum(0)  # diag(MᵀM): E (Mᵀv)² for Rademacher v
+    for name, truth in (("b", col), ("a", col * h.pow(2))):  # a's J goes through b too
+        torch.testing.assert_close(d[name], truth / truth.mean(), rtol=0.03, atol=0.0)
+    torch.testing.assert_close(d["c"], torch.ones(2))  # the output itself: v² = 1 exactly
+    assert all(p.grad is None for p in net.parameters())  # the teacher gathers no gradients
+
+
+def test_weighted_squared_error_by_hand():
+    from srq.quant.reconstruct import _squared_error
+
+    out, y = torch.zeros(1, 2, 1, 2), torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])
+    assert float(_squared_error(out, y)) == pytest.approx((1 + 9 + 4 + 0) / 2)
+    assert float(_squared_error(out, y, torch.tensor([0.5, 1.5]))) == pytest.approx(
+        (0.5 * 1 + 1.5 * 9 + 0.5 * 4 + 1.5 * 0) / 2)
+    tokens = torch.zeros(1, 2, 2)  # (B, N, C): weights along the last dim
+    assert float(_squared_error(tokens, torch.ones(1, 2, 2), torch.tensor([0.0, 2.0]))) == pytest.approx(4 / 2)
+
+
+def test_output_weighting_weights_each_units_error_by_its_channels_sensitivity():
+    """The rest of the network after ``a`` is diagonal (gains g·h per channel), so Rademacher
+    probes give diag(JᵀJ) exactly and the first step's loss (one sample, nearest rounding,
+    no QDrop) is the hand-weighted error of the quantized unit."""
+    from srq.quant.reconstruct import _squared_error
+
+    torch.manual_seed(0)
+    h, g = torch.tensor([4.0, 1.0, 0.5, 0.25]), torch.tensor([1.0, 2.0, 1.0, 0.5])
+    fp, x = _Chain(h, torch.diag(g)).eval(), torch.rand(1, 3, 32, 32)  # one sample: every step takes it
+    d = (g * h).pow(2) / (g * h).pow(2).mean()
+    first = {}
+    for weighting in ("none", "output"):
+        student = copy.deepcopy(fp)
+        quantize(student, QuantSpec(weight=QuantFormat(3, "narrow", axis=0, observer="mse"),
+                                    input=QuantFormat(4, "integer", observer="minmax"), layer_policy="all"),
+                 include=["a"], example_input=x[:1])
+        with calibration_mode(student), torch.no_grad():
+            student(x)
+        with torch.no_grad():
+            truth = {"none": _squared_error(student.a(x), fp.a(x)),
+                     "output": _squared_error(student.a(x), fp.a(x), d)}[weighting]
+        records = reconstruct(student, fp, [x], ["a"], ReconstructionOptions(
+            iterations=1, batch_size=1, learn_rounding=False, act_lr=1e-9, drop_prob=0.0, crop=None,
+            weighting=weighting), progress=False)
+        first[weighting] = records[0]["loss_first"]
+        assert first[weighting] == pytest.approx(float(truth), rel=1e-5)
+    assert first["output"] != pytest.approx(first["none"], rel=0.05)  # the weights do change it
+    with pytest.raises(ValueError, match="weighting"):
+        reconstruct(student, fp, [x], ["a"], ReconstructionOptions(weighting="fisher"), progress=False)
+    with pytest.raises(ConfigError, match="method.reconstruction.weighting"):
+        srq.config("lowbit", bits="w4a4", overrides=["reconstruction.weighting=fisher"])

@@ -78,6 +78,7 @@ class ReconstructionSettings(Config):
     bias_lr: float = 0.0
     weight_scale_lr: float = 3e-3  # per-channel weight-grid gains (0: calibrated steps kept)
     shift_lr: float = 0.0  # > 0: the input shifts (and their bias folds) train too
+    weighting: str = "none"  # output: each unit's error weighted per channel by its output sensitivity
 
     def validate(self):
         if isinstance(self.iterations, str) and self.iterations != "auto":
@@ -90,6 +91,7 @@ class ReconstructionSettings(Config):
             raise ConfigError(f"reconstruction.warmup={self.warmup} must lie in [0, 1)")
         if len(self.beta) != 2:
             raise ConfigError(f"reconstruction.beta={list(self.beta)} must be [start, end]")
+        choice(self.weighting, ("none", "output"), "method.reconstruction.weighting")
 
     def options(self, seed: int, iterations: int) -> ReconstructionOptions:
         """The options at ``iterations`` steps per block (``self.iterations`` resolved)."""

@@ -16,6 +16,15 @@ learnable equivalent transformation, shift part). QDrop: x̃ takes each element 
 x (FP) with probability p, else of x̂, and every activation quantizer inside the unit passes
 each element through unquantized with probability p; p = 0 is plain BRECQ. Afterwards the
 rounding is hardened, so every weight sits on its quantizer's grid.
+
+Output weighting (``weighting="output"``): the unit's error is weighted per feature channel c by
+its sensitivity at the network's output, the diagonal of JᵀJ (J = ∂F/∂z, z the unit's output, F
+the FP network) averaged over positions and calibration samples,
+
+    d_c = E ‖(Jᵀ v)_c‖²,  v Rademacher (E v vᵀ = I),  loss = Σ_c d_c ‖out_c − y_c‖² / mean(d),
+
+so error that the rest of the network carries to the output counts more (BRECQ's output-aware
+weighting, its Fisher replaced by the output-MSE Hessian JᵀJ, diagonal per channel).
 """
 
 from __future__ import annotations
@@ -49,7 +58,8 @@ class ReconstructionOptions:
     ``crop_multiple``: the crop is floored to a multiple of it (windowed attention needs
     whole windows; None: :func:`spatial_multiple` of the student); ``shift_lr`` > 0 also trains
     the input shifts of the unit's shifted layers, each fold into the bias following (Adam,
-    cosine; 0: the calibration shifts stay)."""
+    cosine; 0: the calibration shifts stay); ``weighting``: none | output (each unit's error
+    weighted per channel by :func:`output_sensitivity`)."""
 
     iterations: int = 500
     batch_size: int = 8
@@ -65,6 +75,7 @@ class ReconstructionOptions:
     crop: int | None = 32
     crop_multiple: int | None = None
     shift_lr: float = 0.0
+    weighting: str = "none"
     seed: int = 0
 
 
@@ -138,10 +149,68 @@ def _take(value, idx, count: int):
     return value
 
 
-def _squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """‖out − y‖² summed over dim 1 (channels), averaged over the other dims."""
+def _squared_error(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """‖out − y‖² summed over dim 1 (channels), averaged over the other dims; with ``weight``,
+    each feature channel's square (dim 1 of a 4-D map, else the last dim) times its weight."""
     diff = (out - target).pow(2)
+    if weight is not None:
+        diff = diff * (weight.view(1, -1, 1, 1) if diff.dim() == 4 else weight)
     return diff.sum(1).mean() if diff.dim() > 1 else diff.mean()
+
+
+def _feature_dim(t: torch.Tensor) -> int:
+    return 1 if t.dim() == 4 else t.dim() - 1
+
+
+def output_sensitivity(model: nn.Module, names: list[str], batches, generator: torch.Generator,
+                       probes: int = 1) -> dict[str, torch.Tensor | None]:
+    """Per module of ``names``: d_c = E (Jᵀv)_c² over positions, samples and ``probes``
+    Rademacher draws v per batch, J = ∂model/∂(its output), scaled to mean 1 (the diagonal of
+    JᵀJ per feature channel; dim 1 of a 4-D output, else the last dim); None where the output
+    is not one floating tensor or carries no gradient. A zero probe added to each output keeps
+    the gradient flowing through later modules, so every module's J is the whole rest of the
+    network."""
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for batch in batches:
+        for _ in range(int(probes)):
+            taps: dict[str, list[torch.Tensor]] = {}
+
+            def hook(name):
+                def fn(mod, args, out):
+                    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() < 2:
+                        return None
+                    zero = torch.zeros_like(out, requires_grad=True)
+                    taps.setdefault(name, []).append(zero)
+                    return out + zero
+                return fn
+
+            handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+            try:
+                with torch.enable_grad():
+                    y = model(batch)
+                    v = torch.randint(0, 2, y.shape, generator=generator, device=y.device).to(y.dtype) * 2 - 1
+                    zeros = [z for zs in taps.values() for z in zs]
+                    grads = torch.autograd.grad(y, zeros, grad_outputs=v, allow_unused=True) if zeros else []
+            finally:
+                for h in handles:
+                    h.remove()
+            it = iter(grads)
+            for name, zs in taps.items():
+                for z in zs:
+                    g = next(it)
+                    if g is None:
+                        continue
+                    dim = _feature_dim(g)
+                    sq = g.pow(2).transpose(0, dim).reshape(g.shape[dim], -1)
+                    sums[name] = sums.get(name, 0) + sq.sum(1)
+                    counts[name] = counts.get(name, 0) + sq.shape[1]
+    out = {}
+    for name in names:
+        d = sums.get(name)
+        out[name] = None if d is None or float(d.mean()) <= 0 else (d / counts[name]) / (d / counts[name]).mean()
+    return out
 
 
 def _drop_hook(p: float, generator: torch.Generator):
@@ -165,6 +234,10 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[torch.Tens
         o = replace(o, crop_multiple=spatial_multiple(student))
     generator = torch.Generator(device=batches[0].device).manual_seed(int(o.seed))
     modules, fp_modules = dict(student.named_modules()), dict(teacher.named_modules())
+    if o.weighting not in ("none", "output"):
+        raise ValueError(f"weighting={o.weighting!r}; valid: none, output")
+    weights = (output_sensitivity(teacher, list(units), batches, generator)
+               if o.weighting == "output" else {})
     records = []
     frozen = [p for p in student.parameters() if p.requires_grad]
     for p in frozen:  # only V and the unit's bounds train
@@ -173,7 +246,7 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[torch.Tens
         bar = tqdm(units, desc="reconstruct", unit="block", disable=not progress, leave=False)
         for name in bar:
             records.append(_reconstruct_unit(name, modules[name], fp_modules[name], student, teacher,
-                                             batches, o, generator, progress))
+                                             batches, o, generator, progress, weights.get(name)))
             bar.set_postfix(loss=f"{records[-1]['loss_last']:.3g}")
     finally:
         for p in frozen:
@@ -181,8 +254,9 @@ def reconstruct(student: nn.Module, teacher: nn.Module, batches: list[torch.Tens
     return records
 
 
-def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generator, progress) -> dict:
-    """Reconstruct one unit; its record."""
+def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generator, progress,
+                      weight=None) -> dict:
+    """Reconstruct one unit (its error weighted per channel by ``weight``, if any); its record."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -246,7 +320,7 @@ def _reconstruct_unit(name, unit, fp_unit, student, teacher, batches, o, generat
                 with torch.no_grad():
                     y = fp_unit(*fp_in, **{k: _take(v, idx, count) for k, v in fp_kwargs.items()})
             args = [_mix(a, f, o.drop_prob, generator) for a, f in zip(q_in, fp_in)]
-            loss = rec = _squared_error(unit(*args, **kwargs), y)
+            loss = rec = _squared_error(unit(*args, **kwargs), y, weight)
             beta = beta_schedule(step, int(o.iterations), float(o.warmup), *map(float, o.beta))
             if rounding and beta is not None and o.reg_weight > 0:
                 loss = loss + float(o.reg_weight) * sum(a.regularizer(beta) for _, a in rounding.values())
@@ -366,5 +440,5 @@ def _mix(q: torch.Tensor, fp: torch.Tensor, p: float, generator: torch.Generator
     return torch.where(torch.rand(q.shape, generator=generator, device=q.device) < p, fp, q)
 
 
-__all__ = ["ReconstructionOptions", "apply_crop", "capture", "crop_window", "reconstruct",
+__all__ = ["ReconstructionOptions", "apply_crop", "capture", "crop_window", "output_sensitivity", "reconstruct",
            "reconstruction_units", "spatial_multiple"]
