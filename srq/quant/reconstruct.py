@@ -172,7 +172,6 @@ def output_sensitivity(model: nn.Module, names: list[str], batches, generator: t
     network."""
     modules = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
     for batch in batches:
         for _ in range(int(probes)):
             taps: dict[str, list[torch.Tensor]] = {}
@@ -203,13 +202,11 @@ def output_sensitivity(model: nn.Module, names: list[str], batches, generator: t
                     if g is None:
                         continue
                     dim = _feature_dim(g)
-                    sq = g.pow(2).transpose(0, dim).reshape(g.shape[dim], -1)
-                    sums[name] = sums.get(name, 0) + sq.sum(1)
-                    counts[name] = counts.get(name, 0) + sq.shape[1]
+                    sums[name] = sums.get(name, 0) + g.pow(2).transpose(0, dim).reshape(g.shape[dim], -1).sum(1)
     out = {}
-    for name in names:
+    for name in names:  # the sums over positions, samples and draws: their mean-1 scaling is E's
         d = sums.get(name)
-        out[name] = None if d is None or float(d.mean()) <= 0 else (d / counts[name]) / (d / counts[name]).mean()
+        out[name] = None if d is None or float(d.mean()) <= 0 else d / d.mean()
     return out
 
 
