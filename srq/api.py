@@ -51,12 +51,15 @@ def method_config(cfg, scale: int | None = None) -> MethodConfig:
 
 
 def config(method: str, bits: str = "fp32", overrides: list[str] | tuple = (),
-           calib: str = "t91") -> MethodConfig:
+           calib: str = "t91", model: str | None = None) -> MethodConfig:
     """The typed, validated config of ``method`` at ``bits`` (names of ``conf/method`` and
     ``conf/bits``); ``overrides`` are the CLI's ``method.<key>=<value>`` without the
     ``method.`` prefix (``calib.*`` are the method's calibration settings; ``bits.*`` and
-    ``seed=`` are the run's); ``calib``: the ``calib=`` group under them."""
+    ``seed=`` are the run's); ``calib``: the ``calib=`` group under them; ``model``: a zoo
+    name whose own settings for the method (``conf/method_model/<method>_<model>``) apply."""
     args = [f"method={method}", f"bits={bits}", f"calib={calib}", "logger=none"]
+    if model is not None:
+        args.insert(0, f"model={model}")
     for item in overrides:
         key = item.lstrip("+~")
         if key.startswith("calib."):  # the method's own calibration settings (they win)
@@ -67,7 +70,7 @@ def config(method: str, bits: str = "fp32", overrides: list[str] | tuple = (),
             args.append(item[: len(item) - len(key)] + "method." + key)
     from srq.cli import check_group_choices
 
-    problem = check_group_choices(args[:3])
+    problem = check_group_choices(args[:4])
     if problem:
         raise SrqError(problem)
     return method_config(compose_run_config(args))

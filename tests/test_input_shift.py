@@ -15,6 +15,7 @@ import srq
 from srq.quant import QuantFormat, QuantSpec, calibration_mode, quantize, quantizers
 from srq.quant.input_shift import shift_inputs
 from srq.quant.rotation import fwht, rotate_linear_inputs
+from test_deploy import _qdq_nodes_exact
 from tiny_nets import TinyTransformer
 
 
@@ -148,8 +149,13 @@ def test_lowbit_input_shift_round_trips_through_the_artifact_and_onnx_runtime(tm
     assert all(srq.quant.quantization_map(q)[n].get("input_shift") for n in ("head", "fc1", "fc2", "tail"))
     srq.save(q, tmp_path / "tiny.srq")
     loaded = srq.load(tmp_path / "tiny.srq", model=TinyTransformer(fc2_bias=False))  # fc2 has no bias here
-    ort = OrtModel(export_onnx(q, tmp_path / "tiny.onnx")["path"], scale=1, optimize=False)
+    path = export_onnx(q, tmp_path / "tiny.onnx")["path"]
+    ort = OrtModel(path, scale=1, optimize=False)
     with torch.no_grad():
         assert torch.equal(loaded(x), q(x))
-        assert float((ort(x) - q(x)).abs().max()) < 1e-5
+        # exact but where ORT's other float summation order flips one code at a rounding
+        # boundary (test_deploy.py): one flip before the tail moves 27 of 1536 outputs
+        assert float((ort(x) - q(x)).abs().mean()) < 2e-5
         assert float((q(x) - fp(x)).abs().mean()) < 0.05 * float(fp(x).abs().mean())
+    qmap = srq.quant.quantization_map(q)  # every QDQ pair in the graph holds its quantizer's grid
+    _qdq_nodes_exact(path, x, n_act=sum(1 for f in qmap.values() for k in ("input", "other") if f.get(k)))

@@ -590,3 +590,36 @@ def test_output_weighting_weights_each_units_error_by_its_channels_sensitivity()
         reconstruct(student, fp, [x], ["a"], ReconstructionOptions(weighting="fisher"), progress=False)
     with pytest.raises(ConfigError, match="method.reconstruction.weighting"):
         srq.config("lowbit", bits="w4a4", overrides=["reconstruction.weighting=fisher"])
+
+
+def test_auto_steps_follow_the_bits_and_a_models_own_settings():
+    """``iterations: auto`` takes auto_iterations [above 2 bits, at ≤ 2 bits]; the
+    conf/method_model file of (lowbit, lmlt_tiny_x4) lowers them for that model only; a
+    step count given wins; other presets keep theirs."""
+    from srq.methods.lowbit import reconstruction_steps_for
+
+    def steps(method="lowbit", bits="w4a4", model=None, overrides=()):
+        return reconstruction_steps_for(srq.config(method, bits=bits, model=model, overrides=overrides))
+
+    assert (steps(), steps(bits="w2a2"), steps(bits="w2a32")) == (500, 1000, 1000)
+    assert steps(model="imdtn_x4", bits="w2a2") == 1000
+    assert (steps(model="lmlt_tiny_x4"), steps(model="lmlt_tiny_x4", bits="w2a2")) == (350, 700)
+    assert steps(model="lmlt_tiny_x4", overrides=["reconstruction.iterations=40"]) == 40
+    assert steps(model="lmlt_tiny_x4", overrides=["reconstruction.auto_iterations=[60,70]"]) == 60
+    assert steps("lowbit_gpu", model="lmlt_tiny_x4") == 20000
+    with pytest.raises(ConfigError, match="auto_iterations"):
+        srq.config("lowbit", bits="w4a4", overrides=["reconstruction.auto_iterations=[500]"])
+
+
+def test_every_method_model_file_names_a_method_and_a_model():
+    """conf/method_model/<method>_<model>.yaml is optional in the defaults list, so a
+    misspelt name would be skipped in silence."""
+    from importlib import resources
+
+    conf = resources.files("srq.conf")
+    names = {g: {p.name[:-5] for p in conf.joinpath(g).iterdir() if p.name.endswith(".yaml")}
+             for g in ("method", "model", "method_model")}
+    assert names["method_model"]
+    for name in names["method_model"]:
+        assert any(name.startswith(m + "_") and name[len(m) + 1:] in names["model"]
+                   for m in names["method"]), name

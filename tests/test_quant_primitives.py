@@ -16,6 +16,7 @@ from srq.quant.primitives import (
     fake_quantize_inference,
     qrange,
     quantize,
+    random_mask,
 )
 
 
@@ -255,3 +256,25 @@ def test_inference_path_equals_the_differentiable_one(bits, mode, seed, per_chan
     hi = torch.rand(shape, generator=gen) * 4 + 0.1
     assert torch.equal(fake_quantize_inference(x, lo, hi, bits, mode),
                        fake_quantize(x, lo, hi, bits, mode))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_random_mask_is_bernoulli_with_independent_neighbours(p):
+    """Binomial truth: the share of ones and of adjacent pairs of ones (inside one random
+    word and across two) lie within 5σ of p and p²; one seed gives one mask."""
+    n = 1 << 20
+    m = random_mask((n,), p, torch.Generator().manual_seed(3)).double()
+    assert m.dtype == torch.float64 and m.shape == (n,)
+    assert abs(m.mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
+    for offset in range(4):  # pairs (4k + offset, 4k + offset + 1): offset 3 spans two words
+        pairs = (m[offset:-4:4] * m[offset + 1:-3:4]).mean().item()
+        assert abs(pairs - p * p) < 5 * (p * p * (1 - p * p) / (n // 4)) ** 0.5, offset
+    again = random_mask((n,), p, torch.Generator().manual_seed(3)).double()
+    assert torch.equal(m, again)
+
+
+def test_random_mask_ends_and_shape():
+    gen = torch.Generator().manual_seed(0)
+    assert not random_mask((5, 3, 7), 0.0, gen).any()
+    assert random_mask((5, 3, 7), 1.0, gen).all()
+    assert random_mask((2, 3, 5, 5), 0.5, gen).shape == (2, 3, 5, 5)

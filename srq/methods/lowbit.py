@@ -65,6 +65,7 @@ class ReconstructionSettings(Config):
 
     enabled: bool = True
     iterations: int | str = "auto"  # steps per block; auto: see reconstruction_steps_for
+    auto_iterations: tuple = (500, 1000)  # auto's steps: above 2 bits, at ≤ 2 bits (conf/method_model: per model)
     batch_size: int = 8
     crop: int | None = 32
     crop_multiple: int | None = None
@@ -85,6 +86,9 @@ class ReconstructionSettings(Config):
             raise ConfigError(f"reconstruction.iterations={self.iterations!r} must be a step count or auto")
         if isinstance(self.iterations, int) and self.iterations < 0:
             raise ConfigError(f"reconstruction.iterations={self.iterations} must be ≥ 0 (or auto)")
+        if len(self.auto_iterations) != 2 or any(not isinstance(n, int) or n < 0 for n in self.auto_iterations):
+            raise ConfigError(f"reconstruction.auto_iterations={list(self.auto_iterations)} must be two step "
+                              "counts ≥ 0: [above 2 bits, at ≤ 2 bits]")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise ConfigError(f"reconstruction.drop_prob={self.drop_prob} must lie in [0, 1]")
         if not 0.0 <= self.warmup < 1.0:
@@ -184,14 +188,17 @@ def input_shift_for(cfg: LowBitConfig) -> str:
 
 
 def reconstruction_steps_for(cfg: LowBitConfig) -> int:
-    """Reconstruction steps per block: ``auto`` → 1000 when weights or activations are 2-bit or
-    narrower (IMDTN ×4 W2A2: val +0.05 / +0.09 / +0.20 dB over 500 at seeds 0 / 1 / 2, RESULTS
-    §12.10), else 500 (W4A4: +0.015 val for twice the time, §12.10)."""
+    """Reconstruction steps per block: ``auto`` → ``auto_iterations`` [1] when weights or
+    activations are 2-bit or narrower, else [0]. The preset's (500, 1000): at W2A2 IMDTN ×4
+    gained val +0.05 / +0.09 / +0.20 dB over 500 at seeds 0 / 1 / 2 (RESULTS §12.10), at W4A4
+    +0.015 val for twice the time (§12.10). conf/method_model lowers them where a model's
+    steps cost more (LMLT-Tiny: the CPU preset's 20-minute budget, §12.12)."""
     steps = cfg.reconstruction.iterations
     if steps != "auto":
         return int(steps)
     widths = [b for b in (cfg.bits.weight_bits, cfg.bits.act_bits) if b is not None]
-    return 1000 if widths and min(widths) <= 2 else 500
+    above, narrow = cfg.reconstruction.auto_iterations
+    return int(narrow if widths and min(widths) <= 2 else above)
 
 
 def rotated_layers_for(model, cfg: LowBitConfig, chosen: str | None = None) -> str:

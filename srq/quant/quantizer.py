@@ -15,6 +15,7 @@ from srq.quant.primitives import (
     SYMMETRIC_MODES,
     fake_quantize,
     fake_quantize_inference,
+    random_mask,
 )
 
 
@@ -105,7 +106,7 @@ class UniformQuantizer(Quantizer):
             return self.observer(x)
         if not self.enabled:
             return x
-        keep = (torch.rand(x.shape, generator=self.drop_generator, device=x.device) < self.drop_prob
+        keep = (random_mask(x.shape, self.drop_prob, self.drop_generator, x.device)
                 if self.drop_prob > 0 else None)
         if self.fmt.rounding == "half_even" and not (torch.is_grad_enabled() and (
                 x.requires_grad or self.lo.requires_grad or self.hi.requires_grad)):

@@ -39,6 +39,7 @@ from torch import nn
 from srq.quant.adaround import AdaRoundWeight, beta_schedule
 from srq.quant.api import execution_order, wrapped_modules
 from srq.quant.modules import QuantMatMul, QuantModule
+from srq.quant.primitives import random_mask
 from srq.quant.quantizer import Quantizer, UniformQuantizer
 
 
@@ -212,8 +213,7 @@ def output_sensitivity(model: nn.Module, names: list[str], batches, generator: t
 
 def _drop_hook(p: float, generator: torch.Generator):
     def hook(mod, args, out):
-        keep_fp = torch.rand(out.shape, generator=generator, device=out.device) < p
-        return torch.where(keep_fp, args[0], out)
+        return torch.where(random_mask(out.shape, p, generator, out.device), args[0], out)
     return hook
 
 
@@ -434,7 +434,7 @@ def _mix(q: torch.Tensor, fp: torch.Tensor, p: float, generator: torch.Generator
     """x̃: each element of ``fp`` with probability ``p``, else of ``q`` (QDrop)."""
     if p <= 0 or not isinstance(q, torch.Tensor) or not q.is_floating_point() or q.shape != fp.shape:
         return q
-    return torch.where(torch.rand(q.shape, generator=generator, device=q.device) < p, fp, q)
+    return torch.where(random_mask(q.shape, p, generator, q.device), fp, q)
 
 
 __all__ = ["ReconstructionOptions", "apply_crop", "capture", "crop_window", "output_sensitivity", "reconstruct",
