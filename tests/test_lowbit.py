@@ -603,7 +603,7 @@ def test_auto_steps_follow_the_bits_and_a_models_own_settings():
 
     assert (steps(), steps(bits="w2a2"), steps(bits="w2a32")) == (500, 1000, 1000)
     assert steps(model="imdtn_x4", bits="w2a2") == 1000
-    assert (steps(model="lmlt_tiny_x4"), steps(model="lmlt_tiny_x4", bits="w2a2")) == (350, 700)
+    assert (steps(model="lmlt_tiny_x4"), steps(model="lmlt_tiny_x4", bits="w2a2")) == (350, 400)
     assert steps(model="lmlt_tiny_x4", overrides=["reconstruction.iterations=40"]) == 40
     assert steps(model="lmlt_tiny_x4", overrides=["reconstruction.auto_iterations=[60,70]"]) == 60
     assert steps("lowbit_gpu", model="lmlt_tiny_x4") == 20000
