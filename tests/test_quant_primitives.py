@@ -263,14 +263,14 @@ def test_random_mask_is_bernoulli_with_independent_neighbours(p):
     """Binomial truth: the share of ones and of adjacent pairs of ones (inside one random
     word and across two) lie within 5σ of p and p²; one seed gives one mask."""
     n = 1 << 20
-    m = random_mask((n,), p, torch.Generator().manual_seed(3)).double()
-    assert m.dtype == torch.float64 and m.shape == (n,)
+    raw = random_mask((n,), p, torch.Generator().manual_seed(3))
+    assert raw.dtype == torch.bool and raw.shape == (n,)
+    m = raw.double()
     assert abs(m.mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
     for offset in range(4):  # pairs (4k + offset, 4k + offset + 1): offset 3 spans two words
         pairs = (m[offset:-4:4] * m[offset + 1:-3:4]).mean().item()
         assert abs(pairs - p * p) < 5 * (p * p * (1 - p * p) / (n // 4)) ** 0.5, offset
-    again = random_mask((n,), p, torch.Generator().manual_seed(3)).double()
-    assert torch.equal(m, again)
+    assert torch.equal(raw, random_mask((n,), p, torch.Generator().manual_seed(3)))
 
 
 def test_random_mask_ends_and_shape():
